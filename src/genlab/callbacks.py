@@ -1,0 +1,196 @@
+"""Callbacks: image grids for every logger that takes images, and a divergence guard."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from genlab.errors import DivergenceError
+
+log = logging.getLogger(__name__)
+
+
+def log_image(trainer: pl.Trainer, key: str, grid: Tensor) -> None:
+    """Send a (3, H, W) [0, 1] grid to each logger that takes images."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[grid.cpu()], step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, grid.cpu(), trainer.global_step)
+
+
+class ImageGrids(pl.Callback):
+    """Sample and reconstruction grids after validation, every ``every_n_epochs`` epochs.
+
+    Uses the model's ``sample(n, generator)``, ``reconstruct(x)``, ``preprocess`` and
+    ``to_image`` where it has them. Grids go to ``<run>/images/<kind>_epoch<E>.png`` and
+    to W&B / TensorBoard. Samples use fixed noise, so grids are comparable across epochs.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        n_samples: int = 64,
+        n_reconstructions: int = 32,
+        dirpath: str | None = None,
+        seed: int = 0,
+        min_size: int = 32,
+    ) -> None:
+        self.min_size = min_size
+        self.every_n_epochs = every_n_epochs
+        self.n_samples = n_samples
+        self.n_reconstructions = n_reconstructions
+        self.dirpath = dirpath
+        self.seed = seed
+        self.saved: list[Path] = []
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        return epoch % max(self.every_n_epochs, 1) == 0 or last
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not self._due(trainer):
+            return
+        if len(getattr(pl_module, "data_shape", ())) != 3:
+            return  # images only; vector data gets its own plots
+        for key, grid in self.grids(trainer, pl_module).items():
+            self._emit(trainer, key, grid)
+
+    @torch.no_grad()
+    def grids(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        model_to_image = getattr(pl_module, "to_image", lambda x: x.clamp(0, 1))
+
+        def to_image(x: Tensor) -> Tensor:
+            # Tiny images (8x8 digits) are upscaled, nearest neighbour, to stay legible.
+            x = model_to_image(x).float()
+            scale = math.ceil(self.min_size / x.shape[-1])
+            return torch.nn.functional.interpolate(x, scale_factor=scale) if scale > 1 else x
+
+        out: dict[str, Tensor] = {}
+        if hasattr(pl_module, "sample") and self.n_samples > 0:
+            g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+            s = to_image(pl_module.sample(self.n_samples, generator=g))
+            out["samples"] = make_grid(s, nrow=int(math.ceil(math.sqrt(self.n_samples))))
+        if hasattr(pl_module, "reconstruct") and self.n_reconstructions > 0:
+            x_raw = next(iter(trainer.val_dataloaders))[0][: self.n_reconstructions]
+            x = pl_module.preprocess(x_raw, torch.Generator(x_raw.device).manual_seed(self.seed))
+            r = pl_module.reconstruct(x)
+            # Rows of 8: originals, then their reconstructions, alternating.
+            n = x.shape[0] - x.shape[0] % 8 or x.shape[0]
+            pairs = torch.stack([to_image(x[:n]), to_image(r[:n])])  # (2, n, C, H', W')
+            rows = pairs.view(2, -1, min(8, n), *pairs.shape[2:]).transpose(0, 1).flatten(0, 2)
+            out["reconstructions"] = make_grid(rows, nrow=min(8, n))
+        return out
+
+    def _emit(self, trainer: pl.Trainer, key: str, grid: Tensor) -> None:
+        folder = Path(self.dirpath or Path(trainer.default_root_dir) / "images")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{key}_epoch{trainer.current_epoch:04d}.png"
+        save_image(grid, path)
+        self.saved.append(path)
+        log_image(trainer, f"images/{key}", grid)
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's Rich progress bar showing ``keys`` of the logged metrics, read back
+    every ``metrics_every_n_steps`` training steps.
+
+    Metrics logged with ``prog_bar=True`` are converted to floats by Lightning after
+    every step (a host sync on a GPU); this bar reads the ones it shows from the
+    callback metrics instead, and only now and then. Hides ``v_num``.
+    """
+
+    def __init__(
+        self, keys: tuple[str, ...] = ("train/loss",), metrics_every_n_steps: int = 25, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.keys = tuple(keys)
+        self.metrics_every_n_steps = max(1, metrics_every_n_steps)
+        self._cached: dict | None = None
+        self._cached_step = -1
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        step = trainer.global_step
+        fresh = self._cached is None or not trainer.training
+        if fresh or step - self._cached_step >= self.metrics_every_n_steps:
+            metrics = super().get_metrics(trainer, pl_module)
+            metrics.pop("v_num", None)
+            logged = trainer.callback_metrics
+            metrics.update({k: float(logged[k]) for k in self.keys if k in logged})
+            self._cached, self._cached_step = metrics, step
+        return self._cached
+
+
+class DivergenceGuard(pl.Callback):
+    """Stop with a clear error when the training loss becomes NaN or infinite.
+
+    On the CPU every step is checked (reading a CPU scalar costs nothing). On a GPU the
+    losses are summed on the device (NaN/inf propagate through the sum) and read back
+    every ``check_every_n_steps`` steps, so there is no host sync per step. Either way
+    the check also runs before validation and at epoch end, i.e. before ModelCheckpoint
+    (always ordered last) can save, so checkpoints on disk stay good.
+    """
+
+    def __init__(self, check_every_n_steps: int = 20, every_step: bool | None = None) -> None:
+        self.check_every_n_steps = max(1, check_every_n_steps)
+        self.every_step = every_step  # None: every step on the CPU, batched on accelerators
+        self._acc: Tensor | None = None  # sum of the losses since the last read-back
+        self._since = 0  # first step covered by _acc
+        self._step = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step = trainer.global_step  # the step this batch computes (before it increments)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        loss = loss.detach().float().sum()
+        if self.every_step or (self.every_step is None and loss.device.type == "cpu"):
+            if not math.isfinite(loss.item()):
+                self._fail(trainer, "train/loss", f"at step {self._step}")
+            return
+        if self._acc is None:
+            self._acc, self._since = loss.clone(), self._step
+        else:
+            self._acc.add_(loss)
+        if (self._step + 1) % self.check_every_n_steps == 0:
+            self._check(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get("val/loss")
+        if value is not None and not torch.isfinite(value).all():
+            self._fail(trainer, "val/loss", f"in validation after step {trainer.global_step}")
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if self._acc is not None:
+            bad = not math.isfinite(self._acc.item())
+            self._acc = None
+            if bad:
+                self._fail(trainer, "train/loss", f"between steps {self._since} and {self._step}")
+
+    def _fail(self, trainer: pl.Trainer, what: str, when: str) -> None:
+        ckpt = trainer.checkpoint_callback
+        last = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "")
+        where = f"last good checkpoint: {last}" if last else "no checkpoint was saved yet"
+        raise DivergenceError(
+            f"{what} became NaN/inf {when} (epoch {trainer.current_epoch}); training "
+            f"stopped, {where}. Try a lower model.lr or trainer.gradient_clip_val=1.0"
+        )

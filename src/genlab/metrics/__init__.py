@@ -1,0 +1,22 @@
+"""Metrics: pure functions of tensors and torchmetrics-based accumulators."""
+
+from genlab.metrics.latent import LatentMoments, active_units
+from genlab.metrics.likelihood import (
+    bernoulli_log_likelihood,
+    gaussian_kl,
+    gaussian_log_likelihood,
+    importance_weighted_bound,
+    log_normal,
+    log_standard_normal,
+)
+
+__all__ = [
+    "LatentMoments",
+    "active_units",
+    "bernoulli_log_likelihood",
+    "gaussian_kl",
+    "gaussian_log_likelihood",
+    "importance_weighted_bound",
+    "log_normal",
+    "log_standard_normal",
+]

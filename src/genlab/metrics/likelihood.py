@@ -1,0 +1,47 @@
+"""Log-densities, KL terms and importance-weighted bounds.
+
+Conventions: every function sums over the event dimensions (pixels, latent dims) and
+keeps the batch dimension(s), so results are in nats per example; callers average
+over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_kl(mu: Tensor, log_var: Tensor) -> Tensor:
+    """KL(N(mu, diag(exp(log_var))) || N(0, I)) for (..., d) inputs -> (...)."""
+    return 0.5 * (mu.pow(2) + log_var.exp() - log_var - 1.0).sum(-1)
+
+
+def log_normal(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
+    """log N(z; mu, diag(exp(log_var))) summed over the last dim."""
+    return -0.5 * ((z - mu).pow(2) * (-log_var).exp() + log_var + LOG_2PI).sum(-1)
+
+
+def log_standard_normal(z: Tensor) -> Tensor:
+    """log N(z; 0, I) summed over the last dim."""
+    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+
+
+def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
+    """log Bernoulli(x; sigmoid(logits)) for (B, *shape) -> (B,), summed over pixels."""
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def gaussian_log_likelihood(mean: Tensor, x: Tensor, log_sigma: Tensor) -> Tensor:
+    """log N(x; mean, sigma^2 I) for (B, *shape) -> (B,), constant included."""
+    err = ((x - mean) * torch.exp(-log_sigma)).pow(2)
+    return -0.5 * (err + 2 * log_sigma + LOG_2PI).flatten(1).sum(1)
+
+
+def importance_weighted_bound(log_w: Tensor) -> Tensor:
+    """log (1/k) sum_k exp(log_w) for log weights (k, B) -> (B,) (Burda et al. 2015)."""
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])

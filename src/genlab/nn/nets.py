@@ -1,0 +1,135 @@
+"""Network families shared by every model: each builds an encoder and a decoder.
+
+A model gets a plain dict ``net`` (from ``conf/model/net/*.yaml``), e.g.
+``{"arch": "genlab.nn.MLP", "hidden": [512, 256]}``, and calls ``build_net(net)`` to
+get a factory; ``arch`` is an import path, so new families of nets need no registry.
+
+    encoder(in_shape, out_dim): (B, *in_shape) -> (B, out_dim)
+    decoder(in_dim, out_shape): (B, in_dim)    -> (B, *out_shape)   (no output activation)
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+from genlab.errors import ConfigError, require_positive
+
+
+def _activation(name: str) -> nn.Module:
+    cls = getattr(nn, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(
+            f"model.net.activation={name!r} is not a torch.nn class: "
+            "use e.g. ReLU, LeakyReLU, ELU, SiLU"
+        )
+    return cls()
+
+
+class MLP:
+    """Fully connected nets; the decoder mirrors the encoder's hidden sizes.
+
+    ``hidden=[]`` gives a single linear map each way.
+    """
+
+    def __init__(self, hidden: Sequence[int] = (512, 256), activation: str = "ReLU") -> None:
+        if len(hidden):
+            require_positive("model.net", hidden=list(hidden))
+        _activation(activation)  # fail early on a bad name
+        self.hidden = list(hidden)
+        self.activation = activation
+
+    def _stack(self, sizes: list[int]) -> list[nn.Module]:
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(_activation(self.activation))
+        return layers
+
+    def encoder(self, in_shape: Sequence[int], out_dim: int) -> nn.Module:
+        d = math.prod(in_shape)
+        return nn.Sequential(nn.Flatten(), *self._stack([d, *self.hidden, out_dim]))
+
+    def decoder(self, in_dim: int, out_shape: Sequence[int]) -> nn.Module:
+        d = math.prod(out_shape)
+        return nn.Sequential(
+            *self._stack([in_dim, *self.hidden[::-1], d]), nn.Unflatten(1, tuple(out_shape))
+        )
+
+
+class Conv:
+    """DCGAN-style convolutional nets for images (C, H, W).
+
+    Encoder: one 4x4 stride-2 conv per entry of ``channels`` (halving H and W), then a
+    hidden linear layer. The decoder mirrors it with transposed convolutions.
+    """
+
+    def __init__(
+        self, channels: Sequence[int] = (32, 64), hidden: int = 256, activation: str = "ReLU"
+    ) -> None:
+        require_positive("model.net", channels=list(channels), hidden=hidden)
+        _activation(activation)
+        self.channels = list(channels)
+        self.hidden = hidden
+        self.activation = activation
+
+    def check(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """Return (C, h, w) at the bottleneck, or raise a ConfigError if the shape doesn't fit."""
+        k = 2 ** len(self.channels)
+        if len(shape) != 3 or shape[1] % k or shape[2] % k:
+            raise ConfigError(
+                f"model/net=conv needs images (C, H, W) with H and W divisible by {k} "
+                f"({len(self.channels)} stride-2 layers), but the data has shape {tuple(shape)}: "
+                "use model/net=mlp or fewer model.net.channels"
+            )
+        return self.channels[-1], shape[1] // k, shape[2] // k
+
+    def encoder(self, in_shape: Sequence[int], out_dim: int) -> nn.Module:
+        c, h, w = self.check(in_shape)
+        layers: list[nn.Module] = []
+        for a, b in zip([in_shape[0], *self.channels[:-1]], self.channels, strict=True):
+            layers += [nn.Conv2d(a, b, 4, stride=2, padding=1), _activation(self.activation)]
+        return nn.Sequential(
+            *layers,
+            nn.Flatten(),
+            nn.Linear(c * h * w, self.hidden),
+            _activation(self.activation),
+            nn.Linear(self.hidden, out_dim),
+        )
+
+    def decoder(self, in_dim: int, out_shape: Sequence[int]) -> nn.Module:
+        c, h, w = self.check(out_shape)
+        layers: list[nn.Module] = [
+            nn.Linear(in_dim, self.hidden),
+            _activation(self.activation),
+            nn.Linear(self.hidden, c * h * w),
+            _activation(self.activation),
+            nn.Unflatten(1, (c, h, w)),
+        ]
+        rev = self.channels[::-1]
+        for i, (a, b) in enumerate(zip(rev, [*rev[1:], out_shape[0]], strict=True)):
+            layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
+            if i < len(rev) - 1:
+                layers.append(_activation(self.activation))
+        return nn.Sequential(*layers)
+
+
+def build_net(spec: dict | None) -> MLP | Conv:
+    """Factory from a net spec ``{"arch": "<module>.<Class>", **kwargs}`` (None: default MLP)."""
+    spec = dict(spec or {"arch": "genlab.nn.MLP"})
+    path = spec.pop("arch", "genlab.nn.MLP")
+    module, _, name = str(path).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError(
+            f"model.net.arch={path!r} cannot be imported: use genlab.nn.MLP or genlab.nn.Conv"
+        ) from None
+    try:
+        return cls(**spec)
+    except TypeError as e:
+        raise ConfigError(f"model.net: {e}") from None

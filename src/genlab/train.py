@@ -1,0 +1,138 @@
+"""train(cfg): seed -> data -> model -> callbacks/loggers -> trainer -> fit -> test.
+
+Every ``hydra.utils.instantiate`` call of the project is in this file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from genlab.errors import ConfigError, GenlabError
+
+log = logging.getLogger(__name__)
+
+
+def _tidy_console() -> None:
+    """Send Lightning's messages through the root handlers only (Hydra's console + train.log)
+    instead of twice, and drop its advertising tips and a known deprecation warning."""
+    if logging.getLogger().hasHandlers():
+        lightning_logger = logging.getLogger("lightning")
+        for h in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(h)
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in rank_zero_logger.filters):
+        rank_zero_logger.addFilter(_NoTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Step metrics are logged every log_every_n_steps *global* steps (windows span epochs),
+    # so short epochs lose nothing; Lightning's warning about them does not apply.
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def _fast_cuda_check(cfg: DictConfig) -> None:
+    """Undo Lightning's PYTORCH_NVML_BASED_CUDA_CHECK=1 unless the user set it or forks.
+
+    Lightning sets it so forked DataLoader workers never inherit an initialised CUDA.
+    genlab forks no workers; with the variable set, each torch.cuda.is_available() call
+    (several per optimiser step) reloads NVML, 40+ us each on a machine without a GPU.
+    """
+    import genlab
+
+    strategy = str(cfg.trainer.get("strategy", ""))
+    if genlab.USER_NVML_CHECK is None and "fork" not in strategy and "notebook" not in strategy:
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+
+
+def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
+    """instantiate() with one clear error line instead of Hydra's wrapped traceback."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, GenlabError):
+            raise cause from None
+        detail = f"{type(cause).__name__}: {cause}" if cause else str(e).splitlines()[0]
+        raise ConfigError(f"cannot build {where}: {detail}") from None
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit (and test) the configured model.
+
+    Returns the final metrics and the objects built (datamodule, model, trainer).
+    """
+    _tidy_console()
+    _fast_cuda_check(cfg)
+    if cfg.get("matmul_precision") and torch.cuda.is_available():
+        torch.set_float32_matmul_precision(cfg.matmul_precision)  # TF32 on GPUs
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build(cfg.data, "data")
+    model = build(
+        cfg.model,
+        "model",
+        data_shape=datamodule.data_shape,
+        num_classes=datamodule.num_classes,
+        _convert_="all",  # plain dicts/lists in hparams: checkpoints load without Hydra
+    )
+    callbacks = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
+    loggers = [build(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
+    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = _scalars(trainer.callback_metrics)
+    if cfg.get("test"):
+        ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+        metrics.update(_scalars(trainer.callback_metrics))
+    if trainer.is_global_zero:
+        log.info(summary(trainer, metrics))
+    return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def summary(trainer: pl.Trainer, metrics: dict[str, float]) -> str:
+    """Where a run's outputs are, and its final numbers."""
+    root = Path(trainer.default_root_dir).resolve()
+    lines = [f"Outputs in {root}"]
+
+    def add(label: str, path: str | Path | None) -> None:
+        if path and Path(path).exists():
+            p = Path(path).resolve()
+            lines.append(f"  {label:<12} {p.relative_to(root) if p.is_relative_to(root) else p}")
+
+    add("config", root / ".hydra" / "config.yaml")
+    ckpt = trainer.checkpoint_callback
+    add("best ckpt", getattr(ckpt, "best_model_path", None))
+    add("last ckpt", getattr(ckpt, "last_model_path", None))
+    for lg in trainer.loggers:
+        if hasattr(lg, "log_dir") and lg.log_dir:
+            name = type(lg).__name__.replace("Logger", "").lower()
+            add(name, Path(lg.log_dir) / ("metrics.csv" if name == "csv" else ""))
+        if getattr(lg, "mode", None) == "offline":
+            lines.append(
+                f"  {'wandb':<12} offline; upload with: wandb sync {root}/wandb/offline-run-*"
+            )
+    add("images", root / "images")
+    shown = {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))}
+    if shown:
+        lines.append("  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
+    return "\n".join(lines)
