@@ -50,7 +50,10 @@ def test_readme_run_command(tmp_path: Path) -> None:
 
 def test_bad_input_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     for args, msg in [
-        (["model=foo"], "genlab: error: unknown model option 'foo': choose one of ae, vae"),
+        (
+            ["model=foo"],
+            "genlab: error: unknown model option 'foo': choose one of ae, glow, nice, realnvp, vae",
+        ),
         (["model.lr=-1"], "genlab: error: model.lr must be a positive number, got -1"),
     ]:
         p = _run(*args, f"hydra.run.dir={tmp_path}", "logger=none")

@@ -27,8 +27,38 @@ def log_image(trainer: pl.Trainer, key: str, grid: Tensor) -> None:
             logger.experiment.add_image(key, grid.cpu(), trainer.global_step)
 
 
+def plane_grid(lim: float, res: int, device: torch.device | str = "cpu") -> Tensor:
+    """Cell centres of a res x res grid over [-lim, lim]^2, row-major with y first:
+    (res * res, 2) points (x, y)."""
+    c = (torch.arange(res, device=device) + 0.5) / res * 2 * lim - lim
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([xx.flatten(), yy.flatten()], 1)
+
+
+_COLORS = torch.tensor(  # a perceptual dark-to-bright ramp (approximately 'magma')
+    [
+        [0.0, 0.0, 0.02],
+        [0.32, 0.07, 0.48],
+        [0.72, 0.21, 0.47],
+        [0.99, 0.53, 0.38],
+        [0.99, 0.99, 0.75],
+    ]
+)
+
+
+def heat_map(values: Tensor) -> Tensor:
+    """(H, W) values (row 0 = lowest y) -> a (3, H, W) [0, 1] colour image, y pointing up."""
+    v = values.float().cpu().flip(0)
+    v = (v - v.min()) / (v.max() - v.min()).clamp_min(1e-12) * (len(_COLORS) - 1)
+    i = v.floor().long().clamp(max=len(_COLORS) - 2)
+    w = (v - i).unsqueeze(-1)
+    return ((1 - w) * _COLORS[i] + w * _COLORS[i + 1]).permute(2, 0, 1)
+
+
 class ImageGrids(pl.Callback):
     """Sample and reconstruction grids after validation, every ``every_n_epochs`` epochs.
+
+    2-D data (``data=toy2d``) get a density heat map and a sample histogram instead.
 
     Uses the model's ``sample(n, generator)``, ``reconstruct(x)``, ``preprocess`` and
     ``to_image`` where it has them. Grids go to ``<run>/images/<kind>_epoch<E>.png`` and
@@ -43,8 +73,12 @@ class ImageGrids(pl.Callback):
         dirpath: str | None = None,
         seed: int = 0,
         min_size: int = 32,
+        plane_resolution: int = 200,
+        n_plane_samples: int = 20000,
     ) -> None:
         self.min_size = min_size
+        self.plane_resolution = plane_resolution
+        self.n_plane_samples = n_plane_samples
         self.every_n_epochs = every_n_epochs
         self.n_samples = n_samples
         self.n_reconstructions = n_reconstructions
@@ -60,9 +94,14 @@ class ImageGrids(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not self._due(trainer):
             return
-        if len(getattr(pl_module, "data_shape", ())) != 3:
-            return  # images only; vector data gets its own plots
-        for key, grid in self.grids(trainer, pl_module).items():
+        shape = tuple(getattr(pl_module, "data_shape", ()))
+        if len(shape) == 3:
+            images = self.grids(trainer, pl_module)
+        elif shape == (2,):
+            images = self.plane(trainer, pl_module)
+        else:
+            return
+        for key, grid in images.items():
             self._emit(trainer, key, grid)
 
     @torch.no_grad()
@@ -89,6 +128,26 @@ class ImageGrids(pl.Callback):
             pairs = torch.stack([to_image(x[:n]), to_image(r[:n])])  # (2, n, C, H', W')
             rows = pairs.view(2, -1, min(8, n), *pairs.shape[2:]).transpose(0, 1).flatten(0, 2)
             out["reconstructions"] = make_grid(rows, nrow=min(8, n))
+        return out
+
+    @torch.no_grad()
+    def plane(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        """2-D data: the model's density exp(log p) on a grid (``density``) and a
+        histogram of its samples (``samples``) over the same square, as heat maps."""
+        x_val = next(iter(trainer.val_dataloaders))[0].float()
+        lim = float(x_val.abs().max()) * 1.15
+        res = self.plane_resolution
+        out: dict[str, Tensor] = {}
+        if hasattr(pl_module, "log_prob"):
+            log_p = pl_module.log_prob(plane_grid(lim, res, pl_module.device))
+            out["density"] = heat_map(log_p.exp().view(res, res))
+        if hasattr(pl_module, "sample"):
+            g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+            s = pl_module.sample(self.n_plane_samples, generator=g).float()
+            ij = ((s + lim) / (2 * lim) * res).floor().long()
+            ok = ((ij >= 0) & (ij < res)).all(1)
+            counts = torch.bincount(ij[ok, 1] * res + ij[ok, 0], minlength=res * res)
+            out["samples"] = heat_map(counts.view(res, res).float().log1p())
         return out
 
     def _emit(self, trainer: pl.Trainer, key: str, grid: Tensor) -> None:

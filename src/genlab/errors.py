@@ -42,3 +42,13 @@ def require_choice(owner: str, name: str, value: object, choices: Iterable[objec
     if value not in choices:
         options = "|".join(str(c) for c in choices)
         raise ConfigError(f"{owner}.{name}={value!r} is not one of {options}")
+
+
+def require_images(setting: str, data_shape: tuple[int, ...]) -> None:
+    """Raise ConfigError unless the data are 8-bit images (C, H, W); ``setting`` names
+    the choice that needs them, e.g. ``"model.likelihood=bernoulli"``."""
+    if len(data_shape) != 3:
+        raise ConfigError(
+            f"{setting} needs image data (C, H, W), but the data have shape "
+            f"{tuple(data_shape)}: choose a continuous likelihood / loss, or image data"
+        )

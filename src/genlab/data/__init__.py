@@ -2,6 +2,7 @@
 
 from genlab.data.base import InMemoryDataModule, TensorBatches
 from genlab.data.digits import Digits
+from genlab.data.toy2d import Toy2D
 from genlab.data.vision import CIFAR10, MNIST, FashionMNIST, TorchvisionData
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "FashionMNIST",
     "InMemoryDataModule",
     "TensorBatches",
+    "Toy2D",
     "TorchvisionData",
 ]

@@ -118,7 +118,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             splits = {k: (_to_255(x >= 128), y) for k, (x, y) in splits.items()}
         self.splits = splits
         sizes = ", ".join(f"{k} {v[0].shape[0]}" for k, v in splits.items())
-        log.info(f"{type(self).__name__}: {sizes} images of shape {tuple(self.data_shape)}")
+        log.info(f"{type(self).__name__}: {sizes} examples of shape {tuple(self.data_shape)}")
 
     def _device(self) -> torch.device:
         trainer = self.trainer

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.data.transforms import to_unit
-from genlab.errors import require_choice, require_positive
+from genlab.errors import require_choice, require_images, require_positive
 from genlab.metrics import LatentMoments
 from genlab.models.common import StepMetrics, check_optimizer, make_optimizer
 from genlab.nn import build_net
@@ -45,6 +45,8 @@ class AE(pl.LightningModule):
         check_optimizer(optimizer, lr, weight_decay)
         self.save_hyperparameters(logger=False)
         self.data_shape = tuple(data_shape)
+        if loss == "bce":
+            require_images("model.loss=bce", self.data_shape)
         if linear:
             d = math.prod(self.data_shape)
             self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(d, latent_dim))
@@ -60,8 +62,8 @@ class AE(pl.LightningModule):
         self.step_metrics = StepMetrics()
 
     def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 batch -> [0, 1]."""
-        return to_unit(x)
+        """uint8 batch -> [0, 1]; continuous (float) data pass as they are."""
+        return to_unit(x) if x.dtype == torch.uint8 else x.float()
 
     def to_image(self, x: Tensor) -> Tensor:
         return x.clamp(0, 1)

@@ -23,10 +23,18 @@ def check_optimizer(name: str, lr: float, weight_decay: float) -> None:
 
 
 def make_optimizer(
-    params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float
+    params: Iterable[torch.nn.Parameter],
+    name: str,
+    lr: float,
+    weight_decay: float,
+    **kwargs: object,
 ) -> torch.optim.Optimizer:
-    """``torch.optim.<name>(params, lr=lr, weight_decay=weight_decay)``."""
-    return getattr(torch.optim, name)(params, lr=lr, weight_decay=weight_decay)
+    """``torch.optim.<name>(params, lr=lr, weight_decay=weight_decay, **kwargs)``;
+    kwargs are e.g. ``betas``, ``momentum``, ``eps`` (``model.optimizer_kwargs``)."""
+    try:
+        return getattr(torch.optim, name)(params, lr=lr, weight_decay=weight_decay, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.optimizer_kwargs={kwargs!r} do not fit {name}: {e}") from None
 
 
 class StepMetrics:

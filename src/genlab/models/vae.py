@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from genlab.data.transforms import binarize, eval_generator, to_unit
-from genlab.errors import ConfigError, require_choice, require_positive
+from genlab.errors import ConfigError, require_choice, require_images, require_positive
 from genlab.metrics import (
     LatentMoments,
     active_units,
@@ -66,6 +66,8 @@ class VAE(pl.LightningModule):
         check_optimizer(optimizer, lr, weight_decay)
         self.save_hyperparameters(logger=False)
         self.data_shape = tuple(data_shape)
+        if likelihood == "bernoulli":
+            require_images("model.likelihood=bernoulli", self.data_shape)
         nets = build_net(net)
         self.encoder = nets.encoder(self.data_shape, 2 * latent_dim)  # -> (mu, log_var)
         self.decoder = nets.decoder(latent_dim, self.data_shape)  # -> logits or mean
@@ -79,7 +81,10 @@ class VAE(pl.LightningModule):
 
     # ---- data space -------------------------------------------------------------------
     def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 batch -> model input: binary {0, 1} (Bernoulli) or [0, 1] (Gaussian)."""
+        """uint8 batch -> model input: binary {0, 1} (Bernoulli) or [0, 1] (Gaussian);
+        continuous (float) data pass as they are."""
+        if x.dtype != torch.uint8:
+            return x.float()
         return binarize(x, generator) if self.hparams.likelihood == "bernoulli" else to_unit(x)
 
     def to_image(self, x: Tensor) -> Tensor:
