@@ -62,7 +62,13 @@ def test_trainer_logger_callback_options_instantiate(make_cfg, tmp_path) -> None
         }
         t = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
         names = {type(c).__name__ for c in t.callbacks}
-        assert {"ModelCheckpoint", "ImageGrids", "DivergenceGuard", "ProgressBar"} <= names
+        assert {
+            "ModelCheckpoint",
+            "ImageGrids",
+            "DivergenceGuard",
+            "ProgressBar",
+            "EpochTimer",
+        } <= names
         assert bool(t.fast_dev_run) == (trainer == "debug")
     assert not make_cfg("logger=none").get("logger")
     assert not make_cfg("callbacks=none").get("callbacks")
@@ -79,7 +85,7 @@ def test_help_lists_groups_and_options() -> None:
         "model/net: conv, mlp",
         "trainer: cpu, debug, default, gpu",
         "logger: csv, none, tensorboard, wandb",
-        "callbacks: default, none",
+        "callbacks: default, none, test_curve",
         "experiment: nice_mnist, vae_mnist",
     ):
         assert line in out, line

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from genlab.callbacks import plane_grid
+from genlab.callbacks import SplitCurve, plane_grid
 from genlab.models import NICE, Glow, RealNVP
 from genlab.nn.flows import (
     ActNorm,
@@ -187,6 +187,7 @@ def test_toy2d_flow_density_is_normalised_and_beats_a_gaussian(make_cfg, tmp_pat
         "model.dense_hidden=[64,64]",
         "model.steps=6",
         "trainer.max_epochs=4",
+        "callbacks=test_curve",
         "callbacks.image_grids.every_n_epochs=4",
         "callbacks.image_grids.plane_resolution=64",
     )
@@ -206,7 +207,15 @@ def test_toy2d_flow_density_is_normalised_and_beats_a_gaussian(make_cfg, tmp_pat
     with open(tmp_path / "csv" / "metrics.csv") as f:
         assert any(r.get("val/loglik") for r in csv.DictReader(f))
     # Reloads without Hydra (actnorm's initialisation included): same density.
-    loaded = Glow.load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu")
+    ckpts = tmp_path / "checkpoints"
+    loaded = Glow.load_from_checkpoint(ckpts / "best.ckpt", map_location="cpu").eval()
     xs = x[:256]
     with torch.no_grad():
-        assert torch.allclose(loaded.eval().log_prob(xs), model.log_prob(xs), atol=1e-5)
+        assert torch.allclose(loaded.log_prob(xs), model.log_prob(xs), atol=1e-5)
+    # The test-set curve: one point per epoch, the last one the final weights' test loglik.
+    curve = next(c for c in objs["trainer"].callbacks if isinstance(c, SplitCurve)).history
+    assert [h["epoch"] for h in curve] == [0, 1, 2, 3]
+    last = Glow.load_from_checkpoint(ckpts / "last.ckpt", map_location="cpu").eval()
+    with torch.no_grad():
+        want = float(last.log_prob(x).mean())
+    assert curve[-1]["curve/test_loglik"] == pytest.approx(want, abs=1e-4)

@@ -50,6 +50,8 @@ def test_one_epoch_outputs_and_reload(make_cfg, tmp_path: Path) -> None:
     keys = set().union(*(r.keys() for r in rows))
     want = {"train/loss", "val/elbo", "val/recon", "val/kl", "val/active_units", "test/nll_iwae"}
     assert want <= keys
+    epoch_s = [float(r["time/epoch_s"]) for r in rows if r.get("time/epoch_s")]
+    assert len(epoch_s) == 1 and 0 < epoch_s[0] < 60
     assert {p.name for p in (tmp_path / "images").iterdir()} == {
         "samples_epoch0000.png",
         "reconstructions_epoch0000.png",

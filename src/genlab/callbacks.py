@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -253,3 +254,65 @@ class DivergenceGuard(pl.Callback):
             f"{what} became NaN/inf {when} (epoch {trainer.current_epoch}); training "
             f"stopped, {where}. Try a lower model.lr or trainer.gradient_clip_val=1.0"
         )
+
+
+class SplitCurve(pl.Callback):
+    """Evaluates another split (default: test) after validation every ``every_n_epochs``
+    epochs and logs ``curve/<split>_<metric>``: learning curves on the test set, as papers
+    plot them. Needs the model's ``batch_metrics(batch, batch_idx) -> {name: mean}``.
+
+    Costs one extra pass over the split per evaluation; off in the default callbacks.
+    """
+
+    def __init__(self, split: str = "test", every_n_epochs: int = 1) -> None:
+        self.split = split
+        self.every_n_epochs = max(1, every_n_epochs)
+        self.history: list[dict[str, float]] = []
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        dm = trainer.datamodule
+        if dm is None or not hasattr(pl_module, "batch_metrics"):
+            return
+        loader = getattr(dm, f"{self.split}_dataloader")()
+        sums: dict[str, Tensor] = {}
+        n = 0
+        for i, batch in enumerate(loader):
+            batch = [t.to(pl_module.device) for t in batch]
+            b = batch[0].shape[0]
+            for k, v in pl_module.batch_metrics(batch, i).items():
+                sums[k] = sums.get(k, 0) + v * b  # on the device: one read-back at the end
+            n += b
+        values = {f"curve/{self.split}_{k}": v / n for k, v in sums.items()}
+        for k, v in values.items():
+            pl_module.log(k, v, sync_dist=True)
+        self.history.append(
+            {"epoch": trainer.current_epoch, **{k: float(v) for k, v in values.items()}}
+        )
+
+
+class EpochTimer(pl.Callback):
+    """Logs ``time/epoch_s``: wall seconds of each training epoch (validation excluded)
+    and ``time/val_s`` for each validation pass, so runs report their cost per epoch."""
+
+    def __init__(self) -> None:
+        self._t0 = self._v0 = self._val_time = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+        self._val_time = 0.0
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._v0 = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            seconds = time.perf_counter() - self._v0
+            self._val_time += seconds
+            pl_module.log("time/val_s", seconds)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Validation inside the epoch (val_check_interval < 1) is not training time.
+        pl_module.log("time/epoch_s", time.perf_counter() - self._t0 - self._val_time)

@@ -105,19 +105,25 @@ class Flow(pl.LightningModule):
             with torch.no_grad():
                 self.flow(self.preprocess(x_raw))
 
-    def _step(self, batch, batch_idx: int, split: str) -> Tensor:
+    def batch_metrics(self, batch, batch_idx: int, train: bool = False) -> dict[str, Tensor]:
+        """loss, loglik (and bpd for 8-bit data), each the mean over the batch. Evaluation
+        draws its dequantisation noise from a generator seeded by the batch index."""
         x_raw = batch[0]
-        g = None if split == "train" else eval_generator(x_raw.device, batch_idx)
+        g = None if train else eval_generator(x_raw.device, batch_idx)
         ll = self.log_prob(self.preprocess(x_raw, g))  # (B,)
-        loss = -ll.mean()
-        values = {f"{split}/loss": loss, f"{split}/loglik": ll.mean()}
+        out = {"loss": -ll.mean(), "loglik": ll.mean()}
         if x_raw.dtype == torch.uint8:
-            values[f"{split}/bpd"] = self.bits_per_dim(ll).mean()
+            out["bpd"] = self.bits_per_dim(ll).mean()
+        return out
+
+    def _step(self, batch, batch_idx: int, split: str) -> Tensor:
+        m = self.batch_metrics(batch, batch_idx, train=split == "train")
+        values = {f"{split}/{k}": v for k, v in m.items()}
         if split == "train":
             self.step_metrics(self, values)
         else:
-            self.log_dict(values, batch_size=ll.shape[0], sync_dist=True)
-        return loss
+            self.log_dict(values, batch_size=batch[0].shape[0], sync_dist=True)
+        return m["loss"]
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         return self._step(batch, batch_idx, "train")
