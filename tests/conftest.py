@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Feature networks and real-feature caches go to one fresh folder per test session
+# (never into the shared data sets; CI trains the MNIST network once per run).
+os.environ.setdefault("GENLAB_CACHE", tempfile.mkdtemp(prefix="genlab-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

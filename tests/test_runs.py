@@ -49,6 +49,7 @@ def test_one_epoch_outputs_and_reload(make_cfg, tmp_path: Path) -> None:
     rows = _rows(tmp_path / "csv" / "metrics.csv")
     keys = set().union(*(r.keys() for r in rows))
     want = {"train/loss", "val/elbo", "val/recon", "val/kl", "val/active_units", "test/nll_iwae"}
+    want |= {"val/fid", "val/kid", "test/fid", "test/kid", "test/linear_probe_acc", "test/knn_acc"}
     assert want <= keys
     epoch_s = [float(r["time/epoch_s"]) for r in rows if r.get("time/epoch_s")]
     assert len(epoch_s) == 1 and 0 < epoch_s[0] < 60

@@ -316,3 +316,147 @@ class EpochTimer(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Validation inside the epoch (val_check_interval < 1) is not training time.
         pl_module.log("time/epoch_s", time.perf_counter() - self._t0 - self._val_time)
+
+
+class SampleScores(pl.Callback):
+    """FID / KID of samples, conditional accuracy and latent probes (``metrics.*``).
+
+    - ``val/fid``, ``val/kid``: ``n_val`` samples against ``n_val`` validation images,
+      every ``every_n_epochs`` epochs; ``test/fid``, ``test/kid`` with ``n_test`` at test.
+    - ``{split}/cond_acc``: models with ``sample_conditional(labels, generator)``.
+    - ``test/linear_probe_acc``, ``test/knn_acc``: models with ``encode`` (frozen latents
+      of ``n_probe_train`` training images, scored on the test split).
+
+    Features come from genlab's per-data-set network (trained and cached on first use) or,
+    with ``features="inception"``, torchmetrics' Inception. The network lives here, frozen:
+    never in the optimiser or the model's checkpoint. Real features are cached per data
+    set, split, size and feature network. Runs on the global-zero process.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str = "data/feature_nets",
+        features: str = "genlab",
+        every_n_epochs: int = 5,
+        n_val: int = 1000,
+        n_test: int = 10000,
+        probes: bool = True,
+        n_probe_train: int = 10000,
+        kid_subset_size: int = 1000,
+        feature_epochs: int = 5,
+        seed: int = 0,
+    ) -> None:
+        from genlab.errors import require_choice
+
+        require_choice("metrics", "features", features, ["genlab", "inception"])
+        self.cache_dir = Path(cache_dir)
+        self.features = features
+        self.every_n_epochs = every_n_epochs
+        self.n = {"val": n_val, "test": n_test}
+        self.probes = probes
+        self.n_probe_train = n_probe_train
+        self.kid_subset_size = kid_subset_size
+        self.feature_epochs = feature_epochs
+        self.seed = seed
+        self.net = None  # the FeatureNet (its classifier head gives cond_acc)
+        self.metrics = None  # (FID, KID)
+        self.tag = ""
+        self.results: dict[str, float] = {}
+
+    def _applies(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        dm = trainer.datamodule
+        return (
+            dm is not None
+            and len(getattr(pl_module, "data_shape", ())) == 3
+            and hasattr(pl_module, "sample")
+            and trainer.is_global_zero
+        )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._applies(trainer, pl_module):
+            self._setup(trainer, pl_module)  # the feature net is ready before any loop runs
+
+    def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.metrics is not None:
+            self.metrics = [m.to(pl_module.device) for m in self.metrics]
+            self.net.to(pl_module.device)
+            return
+        from genlab.metrics.features import data_key, get_feature_net
+        from genlab.metrics.scores import inception_extractor, make_fid_kid
+
+        self.net, record = get_feature_net(trainer.datamodule, self.cache_dir, self.feature_epochs)
+        if self.features == "inception":
+            extractor, self.tag = inception_extractor(), "inception"
+        else:
+            extractor, self.tag = self.net, f"genlab-{record['digest']}"
+        self.key = data_key(trainer.datamodule)
+        self.metrics = [
+            m.to(pl_module.device) for m in make_fid_kid(extractor, self.kid_subset_size)
+        ]
+        self.net.to(pl_module.device)
+
+    def _real(self, trainer: pl.Trainer, split: str, n: int) -> torch.Tensor:
+        from genlab.metrics.scores import real_features
+
+        x = trainer.datamodule.splits[split][0][:n]
+        dm = trainer.datamodule
+        name = f"{self.key}_{self.tag}_{split}_seed{getattr(dm, 'split_seed', 0)}_n{x.shape[0]}.pt"
+        fid = self.metrics[0]
+        return real_features(fid.inception, x.to(fid.device), self.cache_dir / "stats" / name)
+
+    @torch.no_grad()
+    def scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict:
+        """Every score that applies to this model on ``split``: {"<split>/<name>": value}."""
+        from genlab.metrics.scores import (
+            classify,
+            encode_all,
+            fid_kid_of,
+            generate,
+            knn_acc,
+            linear_probe_acc,
+            set_real,
+        )
+
+        self._setup(trainer, pl_module)
+        dm = trainer.datamodule
+        was_training = pl_module.training
+        pl_module.eval()
+        out: dict[str, float] = {}
+        real = self._real(trainer, split, self.n[split])
+        n = real.shape[0]
+        set_real(*self.metrics, real)
+        fake = generate(pl_module, n, seed=self.seed)
+        s = fid_kid_of(*self.metrics, fake)
+        out[f"{split}/fid"], out[f"{split}/kid"] = s["fid"], s["kid"]
+        if hasattr(pl_module, "sample_conditional"):
+            labels = torch.arange(n, device=pl_module.device) % dm.num_classes
+            g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+            imgs = pl_module.sample_conditional(labels, generator=g)
+            pred = classify(self.net, imgs.float().clamp(0, 1))
+            out[f"{split}/cond_acc"] = float((pred == labels).float().mean())
+        if split == "test" and self.probes and hasattr(pl_module, "encode"):
+            x_tr, y_tr = (t[: self.n_probe_train].to(pl_module.device) for t in dm.splits["train"])
+            x_te, y_te = (t.to(pl_module.device) for t in dm.splits["test"])
+            z_tr, z_te = encode_all(pl_module, x_tr), encode_all(pl_module, x_te)
+            out["test/linear_probe_acc"] = linear_probe_acc(z_tr, y_tr, z_te, y_te)
+            out["test/knn_acc"] = knn_acc(z_tr, y_tr, z_te, y_te)
+        pl_module.train(was_training)
+        return out
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self._applies(trainer, pl_module):
+            return
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        if self.every_n_epochs <= 0 or not (epoch % self.every_n_epochs == 0 or last):
+            return
+        self._log(pl_module, self.scores(trainer, pl_module, "val"))
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._applies(trainer, pl_module):
+            self._log(pl_module, self.scores(trainer, pl_module, "test"))
+
+    def _log(self, pl_module: pl.LightningModule, values: dict[str, float]) -> None:
+        self.results.update(values)
+        for k, v in values.items():
+            pl_module.log(k, v, rank_zero_only=True)
