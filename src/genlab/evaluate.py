@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
+from genlab.callbacks import SampleScores
 from genlab.errors import ConfigError, GenlabError
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,24 @@ def load_run_config(ckpt: Path, overrides: list[str]) -> DictConfig:
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     cfg.paths.output_dir = str(ckpt.resolve().parent)
     return cfg
+
+
+def scores_callback(cfg: DictConfig) -> SampleScores:
+    """The run's ``callbacks.sample_scores``; for runs without it (``callbacks=none``, or
+    made before it existed), one built from ``metrics.*`` and the defaults."""
+    from genlab.train import build
+
+    node = (cfg.get("callbacks") or {}).get("sample_scores")
+    if node:
+        return build(node, "callbacks.sample_scores")
+    m = cfg.get("metrics") or {}
+    cache = m.get("cache_dir") or os.environ.get("GENLAB_CACHE")
+    return SampleScores(
+        cache_dir=cache or str(Path(cfg.paths.data_dir) / "feature_nets"),
+        features=m.get("features", "genlab"),
+        n_test=m.get("n_test", 10000),
+        probes=m.get("probes", True),
+    )
 
 
 def latent_to_data(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -97,8 +117,7 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None) -> dict[
     hparams.update({k: v for k, v in EVAL_DEFAULTS.items() if k in saved and k not in hparams})
     model = cls.load_from_checkpoint(ckpt, map_location="cpu", **hparams)
 
-    scores = (cfg.get("callbacks") or {}).get("sample_scores")
-    callbacks = [build(scores, "callbacks.sample_scores")] if scores else []
+    callbacks = [scores_callback(cfg)]
     trainer = pl.Trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),
         devices=1,
