@@ -52,7 +52,8 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     for args, msg in [
         (
             ["model=foo"],
-            "genlab: error: unknown model option 'foo': choose one of ae, glow, nice, realnvp, vae",
+            "genlab: error: unknown model option 'foo': "
+            "choose one of ae, cvae, glow, nice, realnvp, vae",
         ),
         (["model.lr=-1"], "genlab: error: model.lr must be a positive number, got -1"),
     ]:

@@ -81,7 +81,7 @@ def test_help_lists_groups_and_options() -> None:
         [sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     for line in (
-        "model: ae, glow, nice, realnvp, vae",
+        "model: ae, cvae, glow, nice, realnvp, vae",
         "model/net: conv, mlp",
         "trainer: cpu, debug, default, gpu",
         "logger: csv, none, tensorboard, wandb",

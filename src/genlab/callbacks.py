@@ -120,6 +120,12 @@ class ImageGrids(pl.Callback):
             g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
             s = to_image(pl_module.sample(self.n_samples, generator=g))
             out["samples"] = make_grid(s, nrow=int(math.ceil(math.sqrt(self.n_samples))))
+        if hasattr(pl_module, "sample_conditional") and self.n_samples > 0:
+            # One row per class, 10 samples each (fixed noise).
+            g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+            labels = torch.arange(pl_module.hparams.num_classes, device=pl_module.device)
+            s = to_image(pl_module.sample_conditional(labels.repeat_interleave(10), generator=g))
+            out["classes"] = make_grid(s, nrow=10)
         if hasattr(pl_module, "reconstruct") and self.n_reconstructions > 0:
             x_raw = next(iter(trainer.val_dataloaders))[0][: self.n_reconstructions]
             x = pl_module.preprocess(x_raw, torch.Generator(x_raw.device).manual_seed(self.seed))

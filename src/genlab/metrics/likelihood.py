@@ -16,9 +16,11 @@ from torch import Tensor
 LOG_2PI = math.log(2 * math.pi)
 
 
-def gaussian_kl(mu: Tensor, log_var: Tensor) -> Tensor:
-    """KL(N(mu, diag(exp(log_var))) || N(0, I)) for (..., d) inputs -> (...)."""
-    return 0.5 * (mu.pow(2) + log_var.exp() - log_var - 1.0).sum(-1)
+def gaussian_kl(mu: Tensor, log_var: Tensor, prior_mu: Tensor | None = None) -> Tensor:
+    """KL(N(mu, diag(exp(log_var))) || N(prior_mu, I)) for (..., d) inputs -> (...);
+    ``prior_mu`` None is the standard normal prior (MODELS.md §2-3)."""
+    diff = mu if prior_mu is None else mu - prior_mu
+    return 0.5 * (diff.pow(2) + log_var.exp() - log_var - 1.0).sum(-1)
 
 
 def log_normal(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:

@@ -114,16 +114,27 @@ class VAE(pl.LightningModule):
             return bernoulli_log_likelihood(out, x)
         return gaussian_log_likelihood(out, x, self.log_sigma)
 
-    def elbo(self, x: Tensor, generator=None) -> dict[str, Tensor]:
+    def prior_mean(self, y: Tensor | None) -> Tensor | None:
+        """The prior's mean for labels y: None is N(0, I) (the CVAE learns one per class)."""
+        return None
+
+    def log_prior(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(z | y) summed over latent dims: (..., d) -> (...)."""
+        m = self.prior_mean(y)
+        return log_standard_normal(z if m is None else z - m)
+
+    def elbo(self, x: Tensor, generator=None, y: Tensor | None = None) -> dict[str, Tensor]:
         """Per-example terms (B,) and the posterior parameters."""
         mu, log_var = self.encode(x)
         z = self.reparameterize(mu, log_var, generator)
         recon = -self.log_likelihood(x, self.decode(z))
-        kl = gaussian_kl(mu, log_var)
+        kl = gaussian_kl(mu, log_var, self.prior_mean(y))
         return {"recon": recon, "kl": kl, "elbo": -(recon + kl), "mu": mu, "log_var": log_var}
 
     @torch.no_grad()
-    def iwae_log_likelihood(self, x: Tensor, k: int, generator=None) -> Tensor:
+    def iwae_log_likelihood(
+        self, x: Tensor, k: int, generator=None, y: Tensor | None = None
+    ) -> Tensor:
         """Importance-weighted bound log p(x) >= log mean_k p(x, z_k)/q(z_k|x): (B,)."""
         mu, log_var = self.encode(x)
         b = x.shape[0]
@@ -136,7 +147,7 @@ class VAE(pl.LightningModule):
             out = self.decode(z.flatten(0, 1))  # (c*B, *data_shape)
             xs = x.unsqueeze(0).expand(c, *x.shape).flatten(0, 1)
             log_px = self.log_likelihood(xs, out).view(c, b)
-            log_w.append(log_px + log_standard_normal(z) - log_normal(z, mu, log_var))
+            log_w.append(log_px + self.log_prior(z, y) - log_normal(z, mu, log_var))
         return importance_weighted_bound(torch.cat(log_w))
 
     @torch.no_grad()
@@ -152,11 +163,11 @@ class VAE(pl.LightningModule):
 
     # ---- Lightning --------------------------------------------------------------------
     def _terms(self, batch, batch_idx: int, split: str) -> dict[str, Tensor]:
-        x_raw, _ = batch
+        x_raw, y = batch
         g = None if split == "train" else eval_generator(x_raw.device, batch_idx)
         x = self.preprocess(x_raw, g)
-        t = self.elbo(x, g)
-        t["x"] = x
+        t = self.elbo(x, g, y)
+        t["x"], t["y"] = x, y
         t["loss"] = (t["recon"] + self.hparams.beta * t["kl"]).mean()
         values = {f"{split}/{k}": t[k].mean() for k in ("loss", "recon", "kl", "elbo")}
         if split == "train":
@@ -179,7 +190,7 @@ class VAE(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         t = self._terms(batch, batch_idx, "test")
         g = eval_generator(t["x"].device, batch_idx, seed=4321)
-        ll = self.iwae_log_likelihood(t["x"], self.hparams.iwae_samples, g)
+        ll = self.iwae_log_likelihood(t["x"], self.hparams.iwae_samples, g, t["y"])
         self.log("test/nll_iwae", -ll.mean(), batch_size=ll.shape[0], sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
