@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.errors import ConfigError
+from genlab.nn.nets import MLP
 
 
 def _positions(x: Tensor) -> int:
@@ -370,16 +371,12 @@ class MultiScale(FlowLayer):
 
 # ---- conditioners ---------------------------------------------------------------------
 def mlp_net(hidden: Sequence[int], activation: str = "ReLU", zero_init: bool = False):
-    """make_net for vectors: Linear -> act -> ... -> Linear (last layer zeroed on request,
-    so affine couplings start as the identity)."""
+    """make_net for vectors: genlab.nn.MLP's Linear -> act -> ... -> Linear stack (last
+    layer zeroed on request, so affine couplings start as the identity)."""
+    stack = MLP(hidden, activation)  # validates sizes and the activation name
 
     def make(n_in: int, n_out: int) -> nn.Module:
-        sizes = [n_in, *hidden, n_out]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(getattr(nn, activation)())
+        layers = stack._stack([n_in, *stack.hidden, n_out])
         if zero_init:
             nn.init.zeros_(layers[-1].weight)
             nn.init.zeros_(layers[-1].bias)
