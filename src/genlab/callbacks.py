@@ -56,6 +56,26 @@ def heat_map(values: Tensor) -> Tensor:
     return ((1 - w) * _COLORS[i] + w * _COLORS[i + 1]).permute(2, 0, 1)
 
 
+def save_and_log(
+    trainer: pl.Trainer, key: str, grid: Tensor, dirpath: str | None, tag: str | None = None
+) -> Path:
+    """Write ``<dirpath or run>/images/<key>_<tag or epoch<E>>.png`` and send it to the
+    loggers."""
+    folder = Path(dirpath or Path(trainer.default_root_dir) / "images")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key}_{tag or f'epoch{trainer.current_epoch:04d}'}.png"
+    save_image(grid, path)
+    log_image(trainer, f"images/{key}", grid)
+    return path
+
+
+def is_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    """True every ``every_n_epochs`` epochs and after the last one."""
+    epoch = trainer.current_epoch + 1
+    last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+    return epoch % max(every_n_epochs, 1) == 0 or last
+
+
 class ImageGrids(pl.Callback):
     """Sample and reconstruction grids after validation, every ``every_n_epochs`` epochs.
 
@@ -87,13 +107,10 @@ class ImageGrids(pl.Callback):
         self.seed = seed
         self.saved: list[Path] = []
 
-    def _due(self, trainer: pl.Trainer) -> bool:
-        epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
-        return epoch % max(self.every_n_epochs, 1) == 0 or last
-
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not self._due(trainer):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if not is_due(trainer, self.every_n_epochs):
             return
         shape = tuple(getattr(pl_module, "data_shape", ()))
         if len(shape) == 3:
@@ -158,12 +175,7 @@ class ImageGrids(pl.Callback):
         return out
 
     def _emit(self, trainer: pl.Trainer, key: str, grid: Tensor) -> None:
-        folder = Path(self.dirpath or Path(trainer.default_root_dir) / "images")
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{key}_epoch{trainer.current_epoch:04d}.png"
-        save_image(grid, path)
-        self.saved.append(path)
-        log_image(trainer, f"images/{key}", grid)
+        self.saved.append(save_and_log(trainer, key, grid, self.dirpath))
 
 
 class ProgressBar(RichProgressBar):
@@ -452,9 +464,7 @@ class SampleScores(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not self._applies(trainer, pl_module):
             return
-        epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
-        if self.every_n_epochs <= 0 or not (epoch % self.every_n_epochs == 0 or last):
+        if self.every_n_epochs <= 0 or not is_due(trainer, self.every_n_epochs):
             return
         self._log(pl_module, self.scores(trainer, pl_module, "val"))
 
@@ -466,3 +476,183 @@ class SampleScores(pl.Callback):
         self.results.update(values)
         for k, v in values.items():
             pl_module.log(k, v, rank_zero_only=True)
+
+
+# ---- latent-space views ---------------------------------------------------------------
+def code_of(model: pl.LightningModule, x: Tensor) -> Tensor:
+    """The deterministic code of x: (B, d); a VAE's posterior mean, an AE's code, a
+    flow's h, a categorical VAE's posterior probabilities."""
+    z = model.encode(x)
+    return (z[0] if isinstance(z, tuple) else z).flatten(1)
+
+
+def latent_to_data(model: pl.LightningModule, z: Tensor) -> Tensor:
+    """Codes (B, d) -> data space: a flow's inverse, or a decoder's mean."""
+    if hasattr(model, "flow"):
+        return model.flow.inverse(z)[0].view(-1, *model.data_shape)
+    return model.mean(model.decode(z))
+
+
+def _upscaled(model: pl.LightningModule, x: Tensor, min_size: int) -> Tensor:
+    """Model space -> [0, 1] images, tiny ones (8x8 digits) upscaled to stay legible."""
+    x = getattr(model, "to_image", lambda t: t.clamp(0, 1))(x).float()
+    scale = math.ceil(min_size / x.shape[-1])
+    return torch.nn.functional.interpolate(x, scale_factor=scale) if scale > 1 else x
+
+
+@torch.no_grad()
+def interpolation_grid(
+    model: pl.LightningModule, x: Tensor, n_steps: int = 8, min_size: int = 0
+) -> Tensor:
+    """Linear paths in latent space between pairs (x[i], x[P + i]) of 2P model-space
+    images: one row per pair, the two originals at its ends -> (3, H', W') grid."""
+    p = x.shape[0] // 2
+    z = code_of(model, x[: 2 * p])
+    t = torch.linspace(0, 1, n_steps, device=z.device).view(1, n_steps, 1)
+    path = (1 - t) * z[:p, None] + t * z[p : 2 * p, None]  # (P, n_steps, d)
+    imgs = latent_to_data(model, path.flatten(0, 1)).view(p, n_steps, *x.shape[1:])
+    rows = torch.cat([x[:p, None], imgs, x[p : 2 * p, None]], 1)  # (P, n_steps + 2, ...)
+    return make_grid(_upscaled(model, rows.flatten(0, 1), min_size), nrow=n_steps + 2)
+
+
+def prior_quantiles(model: pl.LightningModule, u: Tensor) -> Tensor:
+    """Per-dimension quantiles of the model's prior at levels u (n,) -> (n, d): the
+    model's own ``prior_quantiles`` where it has one, else the standard normal's."""
+    if hasattr(model, "prior_quantiles"):
+        return model.prior_quantiles(u)
+    q = torch.distributions.Normal(0.0, 1.0).icdf(u)
+    return q[:, None].expand(-1, model.hparams.latent_dim)
+
+
+@torch.no_grad()
+def manifold_grid(model: pl.LightningModule, size: int = 20, min_size: int = 0) -> Tensor:
+    """A 2-D latent's decoded lattice: z = (Q1(u_j), Q2(u_i)) over the prior's quantiles
+    u = (0.5, ..., size - 0.5) / size; z1 grows to the right, z2 upwards."""
+    u = (torch.arange(size, device=model.device, dtype=torch.float32) + 0.5) / size
+    q = prior_quantiles(model, u)  # (size, 2)
+    zz2, zz1 = torch.meshgrid(q[:, 1].flip(0), q[:, 0], indexing="ij")  # top row: high z2
+    z = torch.stack([zz1.flatten(), zz2.flatten()], 1)
+    return make_grid(_upscaled(model, latent_to_data(model, z), min_size), nrow=size, padding=0)
+
+
+# Ten distinguishable class colours (Tableau 10), as 0-255 RGB.
+_CLASS_COLORS = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]  # fmt: skip
+
+
+def scatter_image(z: Tensor, labels: Tensor, size: int = 512, dot: int = 2) -> Tensor:
+    """Points z (n, 2) coloured by integer labels, with a class legend: (3, H, W) in
+    [0, 1]. Axes span the 0.5-99.5% quantiles (plus a margin); grey lines mark 0."""
+    from PIL import Image, ImageDraw
+    from torchvision.transforms.functional import pil_to_tensor
+
+    z = z.float().cpu()
+    lo = torch.quantile(z, 0.005, dim=0)
+    hi = torch.quantile(z, 0.995, dim=0)
+    pad = (hi - lo).clamp_min(1e-6) * 0.08
+    lo, hi = lo - pad, hi + pad
+    pix = ((z - lo) / (hi - lo) * (size - 1)).round().long()  # (n, 2), y pointing up
+    legend = 24
+    img = Image.new("RGB", (size, size + legend), "white")
+    draw = ImageDraw.Draw(img)
+    for axis in range(2):  # the z = 0 lines, when in view
+        if lo[axis] < 0 < hi[axis]:
+            c = int(((0 - lo[axis]) / (hi[axis] - lo[axis]) * (size - 1)).round())
+            if axis == 0:  # x = 0: a vertical line
+                draw.line([(c, 0), (c, size - 1)], fill=(200, 200, 200))
+            else:
+                draw.line([(0, size - 1 - c), (size - 1, size - 1 - c)], fill=(200, 200, 200))
+    for (px, py), y in zip(pix.tolist(), labels.cpu().tolist(), strict=True):
+        if 0 <= px < size and 0 <= py < size:
+            color = _CLASS_COLORS[int(y) % len(_CLASS_COLORS)]
+            draw.ellipse([px - dot, size - 1 - py - dot, px + dot, size - 1 - py + dot], fill=color)
+    classes = sorted({int(y) for y in labels.tolist()})
+    step = size // max(len(classes), 1)
+    for i, y in enumerate(classes):  # legend: a swatch and the class index
+        x0 = i * step + 4
+        draw.rectangle([x0, size + 6, x0 + 12, size + 18], fill=_CLASS_COLORS[y % 10])
+        draw.text((x0 + 16, size + 6), str(y), fill="black")
+    return pil_to_tensor(img).float() / 255.0
+
+
+class LatentTools(pl.Callback):
+    """Latent-space views for models with ``encode`` and ``decode`` (or a flow's inverse),
+    every ``every_n_epochs`` epochs, after the last one and after testing:
+
+    - ``latent_interpolations``: paths between pairs of test images (originals at the ends);
+    - for a 2-D latent, ``latent_manifold`` (decoded lattice over the prior's quantiles)
+      and ``latent_scatter`` (codes of ``n_scatter`` test images coloured by class).
+
+    PNGs go to ``<run>/images/<view>_epoch<E>.png`` (``<view>_test.png`` for the tested
+    checkpoint), and to W&B / TensorBoard like ImageGrids'.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        n_pairs: int = 8,
+        n_steps: int = 8,
+        manifold_size: int = 20,
+        n_scatter: int = 2000,
+        scatter_size: int = 512,
+        min_size: int = 28,
+        dirpath: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.every_n_epochs = every_n_epochs
+        self.n_pairs = n_pairs
+        self.n_steps = n_steps
+        self.manifold_size = manifold_size
+        self.n_scatter = n_scatter
+        self.scatter_size = scatter_size
+        self.min_size = min_size
+        self.dirpath = dirpath
+        self.seed = seed
+        self.saved: list[Path] = []
+
+    @staticmethod
+    def applies(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        has_decoder = hasattr(pl_module, "decode") or hasattr(pl_module, "flow")
+        return (
+            trainer.is_global_zero
+            and trainer.datamodule is not None
+            and "test" in getattr(trainer.datamodule, "splits", {})
+            and len(getattr(pl_module, "data_shape", ())) == 3
+            and hasattr(pl_module, "encode")
+            and has_decoder
+        )
+
+    @torch.no_grad()
+    def views(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        was_training = pl_module.training
+        pl_module.eval()
+        x_raw, y = trainer.datamodule.splits["test"]
+        g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        x = pl_module.preprocess(x_raw[: self.n_scatter].to(pl_module.device), g)
+        out = {}
+        if self.n_pairs > 0:
+            out["latent_interpolations"] = interpolation_grid(
+                pl_module, x[: 2 * self.n_pairs], self.n_steps, self.min_size
+            )
+        z = torch.cat([code_of(pl_module, b) for b in x.split(1000)])
+        if z.shape[1] == 2 and hasattr(pl_module, "decode"):
+            out["latent_manifold"] = manifold_grid(pl_module, self.manifold_size, self.min_size)
+            out["latent_scatter"] = scatter_image(z, y[: z.shape[0]], self.scatter_size)
+        pl_module.train(was_training)
+        return out
+
+    def _emit_all(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag=None) -> None:
+        for key, grid in self.views(trainer, pl_module).items():
+            self.saved.append(save_and_log(trainer, key, grid, self.dirpath, tag))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self.applies(trainer, pl_module):
+            return
+        if is_due(trainer, self.every_n_epochs):
+            self._emit_all(trainer, pl_module)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.applies(trainer, pl_module):
+            self._emit_all(trainer, pl_module, tag="test")  # the tested checkpoint

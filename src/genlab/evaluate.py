@@ -24,7 +24,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
-from genlab.callbacks import SampleScores
+from genlab.callbacks import SampleScores, interpolation_grid
 from genlab.errors import ConfigError, GenlabError
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,6 @@ def scores_callback(cfg: DictConfig) -> SampleScores:
     )
 
 
-def latent_to_data(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Latents -> data space: a flow's inverse, or a decoder's mean."""
-    if hasattr(model, "flow"):
-        return model.flow.inverse(z)[0].view(-1, *model.data_shape)
-    return model.mean(model.decode(z))
-
-
 @torch.no_grad()
 def grids(model: pl.LightningModule, x_raw: torch.Tensor, n: int = 64) -> dict[str, torch.Tensor]:
     """Samples, reconstructions (originals / reconstructions in alternating rows) and
@@ -87,12 +80,7 @@ def grids(model: pl.LightningModule, x_raw: torch.Tensor, n: int = 64) -> dict[s
         rows = torch.stack([x.view(2, 8, *x.shape[1:]), r.view(2, 8, *r.shape[1:])], 1)
         out["reconstructions"] = make_grid(to_image(rows.flatten(0, 2)).float(), nrow=8)
     if hasattr(model, "encode"):
-        z = model.encode(x)
-        z = z[0] if isinstance(z, tuple) else z  # VAE: the posterior mean
-        t = torch.linspace(0, 1, 8, device=z.device).view(1, 8, 1)
-        path = (1 - t) * z[:8, None] + t * z[8:16, None]  # (8, 8, d)
-        imgs = latent_to_data(model, path.flatten(0, 1))
-        out["interpolations"] = make_grid(to_image(imgs).float(), nrow=8)
+        out["interpolations"] = interpolation_grid(model, x, n_steps=8)
     return out
 
 

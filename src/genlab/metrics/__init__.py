@@ -3,9 +3,11 @@
 from genlab.metrics.latent import LatentMoments, active_units
 from genlab.metrics.likelihood import (
     bernoulli_log_likelihood,
+    categorical_kl_uniform,
     gaussian_kl,
     gaussian_log_likelihood,
     importance_weighted_bound,
+    log_categorical,
     log_normal,
     log_standard_normal,
 )
@@ -14,9 +16,11 @@ __all__ = [
     "LatentMoments",
     "active_units",
     "bernoulli_log_likelihood",
+    "categorical_kl_uniform",
     "gaussian_kl",
     "gaussian_log_likelihood",
     "importance_weighted_bound",
+    "log_categorical",
     "log_normal",
     "log_standard_normal",
 ]

@@ -23,6 +23,19 @@ def gaussian_kl(mu: Tensor, log_var: Tensor, prior_mu: Tensor | None = None) -> 
     return 0.5 * (diff.pow(2) + log_var.exp() - log_var - 1.0).sum(-1)
 
 
+def categorical_kl_uniform(logits: Tensor) -> Tensor:
+    """KL(q || Uniform(K)) = sum q log(q K) for N categoricals: logits (..., N, K) -> (...)
+    (MODELS.md §4; log K per variable is the KL of a one-hot posterior)."""
+    log_q = torch.log_softmax(logits, dim=-1)
+    k = logits.shape[-1]
+    return (log_q.exp() * (log_q + math.log(k))).sum((-2, -1))
+
+
+def log_categorical(z: Tensor, logits: Tensor) -> Tensor:
+    """log q(z) of one-hot codes z (..., N, K) under softmax(logits), summed over N: (...)."""
+    return (z * torch.log_softmax(logits, dim=-1)).sum((-2, -1))
+
+
 def log_normal(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
     """log N(z; mu, diag(exp(log_var))) summed over the last dim."""
     return -0.5 * ((z - mu).pow(2) * (-log_var).exp() + log_var + LOG_2PI).sum(-1)

@@ -100,6 +100,11 @@ class AE(pl.LightningModule):
         eps = torch.randn(n, d, generator=generator, device=self.device)
         return self.mean(self.decode(self.code_mean + eps @ chol.T))
 
+    def prior_quantiles(self, u: Tensor) -> Tensor:
+        """Per-dimension quantiles of the fitted code Gaussian at levels u (n,): (n, d)."""
+        std = self.code_cov.diagonal().clamp_min(0).sqrt()
+        return self.code_mean + std * torch.distributions.Normal(0.0, 1.0).icdf(u)[:, None]
+
     def _step(self, batch, split: str) -> tuple[Tensor, Tensor]:
         x = self.preprocess(batch[0])
         z = self.encode(x)

@@ -1,12 +1,17 @@
-"""Small helpers every family uses: optimiser construction and hyper-parameter checks."""
+"""Pieces several families share: optimiser construction, hyper-parameter checks,
+step-metric logging and the pixel likelihoods of the latent-variable models."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
+from torch import Tensor
 
+from genlab.data.transforms import binarize, to_unit
 from genlab.errors import ConfigError, require_positive
+from genlab.metrics import bernoulli_log_likelihood, gaussian_log_likelihood
 
 
 def check_optimizer(name: str, lr: float, weight_decay: float) -> None:
@@ -66,3 +71,45 @@ class StepMetrics:
             for i, k in enumerate(self.keys):
                 module.log(k, means[i], on_step=True, on_epoch=False, batch_size=1)
             self.total, self.count = None, 0
+
+
+class PixelLikelihood:
+    """Decoder-side methods of the latent-variable families (VAE, CVAE, GumbelVAE).
+
+    ``hparams.likelihood`` is ``bernoulli`` (data binarised on the device, decoder
+    outputs logits) or ``gaussian`` (data in [0, 1], decoder outputs the mean, std
+    ``exp(log_sigma)``). Subclasses call ``init_likelihood`` in ``__init__`` and define
+    ``decoder``.
+    """
+
+    def init_likelihood(self, sigma: float, learn_sigma: bool) -> None:
+        log_sigma = torch.tensor(math.log(sigma))
+        if learn_sigma:
+            self.log_sigma = torch.nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+
+    def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 batch -> model input: binary {0, 1} (Bernoulli) or [0, 1] (Gaussian);
+        continuous (float) data pass as they are."""
+        if x.dtype != torch.uint8:
+            return x.float()
+        return binarize(x, generator) if self.hparams.likelihood == "bernoulli" else to_unit(x)
+
+    def to_image(self, x: Tensor) -> Tensor:
+        """Model space -> [0, 1] for image grids."""
+        return x.clamp(0, 1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(B, d) codes -> decoder output (B, *data_shape): logits (Bernoulli) or mean."""
+        return self.decoder(z)
+
+    def mean(self, out: Tensor) -> Tensor:
+        """Decoder output -> E[x|z] in data space."""
+        return torch.sigmoid(out) if self.hparams.likelihood == "bernoulli" else out
+
+    def log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
+        """log p(x|z) summed over pixels: (B,)."""
+        if self.hparams.likelihood == "bernoulli":
+            return bernoulli_log_likelihood(out, x)
+        return gaussian_log_likelihood(out, x, self.log_sigma)

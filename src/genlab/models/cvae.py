@@ -37,6 +37,20 @@ class CVAE(VAE):
         return self.class_means[y]
 
     @torch.no_grad()
+    def prior_quantiles(self, u: Tensor) -> Tensor:
+        """Quantiles at levels u (n,) of each latent's marginal prior, the equal-weight
+        mixture (1/C) sum_y N(mu_y, 1), by bisection on its CDF: (n, d)."""
+        m = self.class_means.detach()  # (C, d)
+        normal = torch.distributions.Normal(0.0, 1.0)
+        lo = (m.min(0).values - 10).expand(u.shape[0], -1)
+        hi = (m.max(0).values + 10).expand(u.shape[0], -1)
+        for _ in range(50):  # the bracket halves each time: 20 / 2**50
+            mid = (lo + hi) / 2
+            below = normal.cdf(mid[:, None, :] - m).mean(1) < u[:, None]  # (n, d)
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (lo + hi) / 2
+
+    @torch.no_grad()
     def sample_conditional(
         self, labels: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:

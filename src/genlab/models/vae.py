@@ -10,30 +10,27 @@ At test time: test/nll_iwae = -log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from genlab.data.transforms import binarize, eval_generator, to_unit
+from genlab.data.transforms import eval_generator
 from genlab.errors import ConfigError, require_choice, require_images, require_positive
 from genlab.metrics import (
     LatentMoments,
     active_units,
-    bernoulli_log_likelihood,
     gaussian_kl,
-    gaussian_log_likelihood,
     importance_weighted_bound,
     log_normal,
     log_standard_normal,
 )
-from genlab.models.common import StepMetrics, check_optimizer, make_optimizer
+from genlab.models.common import PixelLikelihood, StepMetrics, check_optimizer, make_optimizer
 from genlab.nn import build_net
 
 
-class VAE(pl.LightningModule):
+class VAE(PixelLikelihood, pl.LightningModule):
     """Gaussian-latent VAE with a Bernoulli (binarised data) or Gaussian ([0, 1] data) decoder."""
 
     def __init__(
@@ -71,25 +68,9 @@ class VAE(pl.LightningModule):
         nets = build_net(net)
         self.encoder = nets.encoder(self.data_shape, 2 * latent_dim)  # -> (mu, log_var)
         self.decoder = nets.decoder(latent_dim, self.data_shape)  # -> logits or mean
-        log_sigma = torch.tensor(math.log(sigma))
-        if learn_sigma:
-            self.log_sigma = nn.Parameter(log_sigma)
-        else:
-            self.register_buffer("log_sigma", log_sigma)
+        self.init_likelihood(sigma, learn_sigma)
         self.moments = LatentMoments(latent_dim)
         self.step_metrics = StepMetrics()
-
-    # ---- data space -------------------------------------------------------------------
-    def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 batch -> model input: binary {0, 1} (Bernoulli) or [0, 1] (Gaussian);
-        continuous (float) data pass as they are."""
-        if x.dtype != torch.uint8:
-            return x.float()
-        return binarize(x, generator) if self.hparams.likelihood == "bernoulli" else to_unit(x)
-
-    def to_image(self, x: Tensor) -> Tensor:
-        """Model space -> [0, 1] for image grids."""
-        return x.clamp(0, 1)
 
     # ---- the model, as named stages ---------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -99,20 +80,6 @@ class VAE(pl.LightningModule):
     def reparameterize(self, mu: Tensor, log_var: Tensor, generator=None) -> Tensor:
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + (0.5 * log_var).exp() * eps
-
-    def decode(self, z: Tensor) -> Tensor:
-        """(B, d) -> decoder output (B, *data_shape): logits (Bernoulli) or mean (Gaussian)."""
-        return self.decoder(z)
-
-    def mean(self, out: Tensor) -> Tensor:
-        """Decoder output -> E[x|z] in data space."""
-        return torch.sigmoid(out) if self.hparams.likelihood == "bernoulli" else out
-
-    def log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
-        """log p(x|z) summed over pixels: (B,)."""
-        if self.hparams.likelihood == "bernoulli":
-            return bernoulli_log_likelihood(out, x)
-        return gaussian_log_likelihood(out, x, self.log_sigma)
 
     def prior_mean(self, y: Tensor | None) -> Tensor | None:
         """The prior's mean for labels y: None is N(0, I) (the CVAE learns one per class)."""
