@@ -14,6 +14,7 @@ from genlab.errors import ConfigError
 from genlab.train import build
 
 FLOWS = {"nice", "realnvp", "glow"}
+GANS = {"gan", "ogan", "ali"}  # model 2-D data too, with model/net=mlp
 # Big-data configs at full size cost seconds to build: shrink the widest nets.
 SMALL = {"nice": ["model.hidden=[32]"], "realnvp": ["model.hidden=8"], "glow": ["model.hidden=8"]}
 
@@ -25,12 +26,18 @@ def test_every_model_and_data_instantiates(make_cfg, model: str, data: str) -> N
     dm = build(cfg.data, "data")
     images = data != "toy2d"
     assert dm.num_classes >= 2 and len(dm.data_shape) == (3 if images else 1)
-    if not images and model not in FLOWS:  # Bernoulli / BCE need 8-bit images: one line
-        with pytest.raises(ConfigError, match=r"model.(likelihood=bernoulli|loss=bce) needs image"):
+    if not images and model not in FLOWS | GANS:  # Bernoulli / BCE need 8-bit images
+        needs_images = r"model(\.likelihood=bernoulli|\.loss=bce|=aae) needs image"
+        with pytest.raises(ConfigError, match=needs_images):
             build(cfg.model, "model", data_shape=dm.data_shape, num_classes=dm.num_classes)
         return
     nets = ["model/net=mlp", "model/net=conv"] if "net" in cfg.model else [None]
     for net in nets:
+        if not images and net == "model/net=conv":  # GANs on 2-D data: MLPs only, one line
+            cfg = make_cfg(f"model={model}", f"data={data}", net)
+            with pytest.raises(ConfigError, match=r"model/net=conv needs images"):
+                build(cfg.model, "model", data_shape=dm.data_shape, num_classes=dm.num_classes)
+            continue
         cfg = make_cfg(f"model={model}", f"data={data}", *SMALL.get(model, []), *[net] * bool(net))
         m = build(
             cfg.model,
@@ -76,17 +83,31 @@ def test_trainer_logger_callback_options_instantiate(make_cfg, tmp_path) -> None
     assert gpu.trainer.accelerator == "gpu" and gpu.trainer.precision == "bf16-mixed"
 
 
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_builds_its_model(make_cfg, experiment: str) -> None:
+    """Each documented recipe composes, and its model builds for its data's shape."""
+    cfg = make_cfg(f"experiment={experiment}")
+    assert "mnist" in cfg.data._target_.lower()
+    model = build(cfg.model, "model", data_shape=(1, 28, 28), num_classes=10, _convert_="all")
+    assert model.sample(2).shape == (2, 1, 28, 28)
+    for cb in cfg.callbacks.values():
+        instantiate(cb)
+
+
 def test_help_lists_groups_and_options() -> None:
     out = subprocess.run(
         [sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     for line in (
-        "model: ae, cvae, glow, nice, realnvp, vae",
+        "model: " + ", ".join(MODELS),
         "model/net: conv, mlp",
         "trainer: cpu, debug, default, gpu",
         "logger: csv, none, tensorboard, wandb",
         "callbacks: default, none, test_curve",
-        "experiment: nice_mnist, vae_mnist",
+        "experiment: " + ", ".join(EXPERIMENTS),
     ):
         assert line in out, line
     assert "data: cifar10, digits, fashion_mnist, mnist, toy2d" in out

@@ -124,13 +124,8 @@ class ImageGrids(pl.Callback):
 
     @torch.no_grad()
     def grids(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
-        model_to_image = getattr(pl_module, "to_image", lambda x: x.clamp(0, 1))
-
         def to_image(x: Tensor) -> Tensor:
-            # Tiny images (8x8 digits) are upscaled, nearest neighbour, to stay legible.
-            x = model_to_image(x).float()
-            scale = math.ceil(self.min_size / x.shape[-1])
-            return torch.nn.functional.interpolate(x, scale_factor=scale) if scale > 1 else x
+            return _upscaled(pl_module, x, self.min_size)
 
         out: dict[str, Tensor] = {}
         if hasattr(pl_module, "sample") and self.n_samples > 0:
@@ -487,14 +482,16 @@ def code_of(model: pl.LightningModule, x: Tensor) -> Tensor:
 
 
 def latent_to_data(model: pl.LightningModule, z: Tensor) -> Tensor:
-    """Codes (B, d) -> data space: a flow's inverse, or a decoder's mean."""
+    """Codes (B, d) -> data space: a flow's inverse, a decoder's mean, a generator."""
     if hasattr(model, "flow"):
         return model.flow.inverse(z)[0].view(-1, *model.data_shape)
-    return model.mean(model.decode(z))
+    out = model.decode(z)
+    return model.mean(out) if hasattr(model, "mean") else out  # GANs decode to data
 
 
 def _upscaled(model: pl.LightningModule, x: Tensor, min_size: int) -> Tensor:
-    """Model space -> [0, 1] images, tiny ones (8x8 digits) upscaled to stay legible."""
+    """Model space -> [0, 1] images; tiny ones (8x8 digits) are upscaled, nearest
+    neighbour, to at least ``min_size`` pixels a side to stay legible."""
     x = getattr(model, "to_image", lambda t: t.clamp(0, 1))(x).float()
     scale = math.ceil(min_size / x.shape[-1])
     return torch.nn.functional.interpolate(x, scale_factor=scale) if scale > 1 else x

@@ -1,6 +1,6 @@
 """Metrics: pure functions of tensors and torchmetrics-based accumulators."""
 
-from genlab.metrics.latent import LatentMoments, active_units
+from genlab.metrics.latent import LatentMoments, active_units, pearson
 from genlab.metrics.likelihood import (
     bernoulli_log_likelihood,
     categorical_kl_uniform,
@@ -23,4 +23,5 @@ __all__ = [
     "log_categorical",
     "log_normal",
     "log_standard_normal",
+    "pearson",
 ]

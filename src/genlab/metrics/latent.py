@@ -39,3 +39,10 @@ def active_units(cov: Tensor, threshold: float = 1e-2) -> Tensor:
     cov: (d, d) covariance of the posterior means over a data set.
     """
     return (torch.diagonal(cov) > threshold).sum()
+
+
+def pearson(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Pearson correlation between the entries of each row of a and b: (B, d) -> (B,)."""
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)

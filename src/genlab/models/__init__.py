@@ -1,9 +1,26 @@
 """Model families: one LightningModule (or one family of them) per file."""
 
+from genlab.models.aae import AAE
 from genlab.models.ae import AE
+from genlab.models.ali import ALI
 from genlab.models.cvae import CVAE
 from genlab.models.flow import NICE, Flow, Glow, RealNVP
+from genlab.models.gan import GAN
 from genlab.models.gumbel_vae import GumbelVAE
+from genlab.models.ogan import OGAN
 from genlab.models.vae import VAE
 
-__all__ = ["AE", "CVAE", "NICE", "VAE", "Flow", "Glow", "GumbelVAE", "RealNVP"]
+__all__ = [
+    "AAE",
+    "AE",
+    "ALI",
+    "CVAE",
+    "GAN",
+    "NICE",
+    "OGAN",
+    "VAE",
+    "Flow",
+    "Glow",
+    "GumbelVAE",
+    "RealNVP",
+]

@@ -1,0 +1,116 @@
+"""Adversarial auto-encoder (Makhzani et al. 2015), MODELS.md §7.
+
+An auto-encoder x -> z = E(x) -> logits G(z) whose aggregate posterior is matched to the
+prior N(0, I) by a GAN on the latent space: D tells prior draws z ~ N(0, I) (the "real"
+side) from codes E(x) (the "fake" side). The encoder and decoder minimise
+
+    recon + adv_weight * L_G(D(E(x))),   recon = sum over pixels BCE(G(E(x)), x)
+
+(nats per image for binary data), D minimises its GAN loss; any ``model.loss`` and
+either ``model.update`` work as for the GAN. ``{split}/recon`` is also ``{split}/loss``:
+a real model-selection criterion, unlike a GAN's critic gap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genlab.data.transforms import to_unit
+from genlab.errors import require_images, require_positive
+from genlab.models.gan import GAN
+from genlab.nn import MLP, Conv
+
+
+class AAE(GAN):
+    """Auto-encoder with an adversarial prior on its codes."""
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        num_classes: int = 0,
+        latent_dim: int = 8,
+        net: dict | None = None,
+        loss: str = "nonsaturating",
+        update: str = "alternating",
+        n_critic: int = 1,
+        gp_weight: float = 10.0,
+        lr_g: float = 1e-3,
+        lr_d: float = 1e-3,
+        betas: Sequence[float] = (0.5, 0.999),
+        optimizer: str = "Adam",
+        weight_decay: float = 0.0,
+        d_hidden: Sequence[int] = (512, 512),
+        adv_weight: float = 1.0,
+    ) -> None:
+        require_images("model=aae", tuple(data_shape))
+        require_positive("model", d_hidden=list(d_hidden), adv_weight=adv_weight)
+        super().__init__(
+            data_shape, num_classes, latent_dim, net, loss, update, n_critic, gp_weight,
+            lr_g, lr_d, betas, optimizer, weight_decay,
+        )  # fmt: skip
+
+    def build_networks(self, nets: MLP | Conv) -> None:
+        d = self.hparams.latent_dim
+        self.encoder = nets.encoder(self.data_shape, d)
+        self.decoder = nets.decoder(d, self.data_shape)  # -> logits
+        latent_mlp = MLP(self.hparams.d_hidden, activation="LeakyReLU")
+        self.discriminator = latent_mlp.encoder((d,), 1)
+
+    def g_parameters(self) -> list[nn.Parameter]:
+        return [*self.encoder.parameters(), *self.decoder.parameters()]
+
+    # ---- data space: [0, 1] images, a Bernoulli-logit decoder -------------------------
+    def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return to_unit(x) if x.dtype == torch.uint8 else x.float()
+
+    def to_image(self, x: Tensor) -> Tensor:
+        return x.clamp(0, 1)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """E(x): (B, latent_dim)."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Decoder logits (B, *data_shape)."""
+        return self.decoder(z)
+
+    def mean(self, out: Tensor) -> Tensor:
+        return torch.sigmoid(out)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """sigmoid(G(z)), z ~ N(0, I): (n, *data_shape) in [0, 1]."""
+        return self.mean(self.decoder(self.noise(n, generator)))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.mean(self.decoder(self.encoder(x)))
+
+    def recon(self, x: Tensor, z: Tensor) -> Tensor:
+        """Per-image BCE summed over pixels: (B,)."""
+        err = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none")
+        return err.flatten(1).sum(1)
+
+    # ---- the latent GAN -----------------------------------------------------------------
+    def d_inputs(self, real: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        return z, self.encoder(real)  # prior draws vs codes
+
+    def g_objective(self, real: Tensor, d_real, d_fake: Tensor, z: Tensor) -> dict[str, Tensor]:
+        adv = self.fool(self.score(self.discriminate(d_fake, frozen=True)))
+        recon = self.recon(real, d_fake).mean()
+        return {"g_loss": recon + self.hparams.adv_weight * adv, "recon": recon.detach()}
+
+    def _train_values(self, t: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
+        values = super()._train_values(t, with_g)
+        if with_g:
+            self._last_recon = t["recon"]
+        values["train/recon"] = getattr(self, "_last_recon", torch.zeros((), device=self.device))
+        return values
+
+    def eval_extras(self, real: Tensor, z: Tensor, split: str) -> dict[str, Tensor]:
+        recon = self.recon(real, self.encoder(real)).mean()
+        return {f"{split}/recon": recon, f"{split}/loss": recon}
