@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import MODELS, REPO
 
 from genlab.cli import unknown_option
 from genlab.train import train
@@ -52,8 +52,7 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     for args, msg in [
         (
             ["model=foo"],
-            "genlab: error: unknown model option 'foo': "
-            "choose one of ae, cvae, glow, nice, realnvp, vae",
+            "genlab: error: unknown model option 'foo': choose one of " + ", ".join(MODELS),
         ),
         (["model.lr=-1"], "genlab: error: model.lr must be a positive number, got -1"),
     ]:
@@ -71,7 +70,7 @@ def test_unknown_option_check() -> None:
     )
     assert "unknown data option 'mnsit'" in unknown_option(["data=mnsit"], conf)
     assert "unknown logger option 'x'" in unknown_option(["logger=[csv,x]"], conf)
-    assert "unknown model option 'gan'" in unknown_option(["model=ae,gan"], conf)
+    assert "unknown model option 'gann'" in unknown_option(["model=ae,gann"], conf)
 
 
 def test_console_script_installed() -> None:

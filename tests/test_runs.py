@@ -57,6 +57,8 @@ def test_one_epoch_outputs_and_reload(make_cfg, tmp_path: Path) -> None:
     assert {p.name for p in (tmp_path / "images").iterdir()} == {
         "samples_epoch0000.png",
         "reconstructions_epoch0000.png",
+        "latent_interpolations_epoch0000.png",  # LatentTools, after the last epoch
+        "latent_interpolations_test.png",  # and for the tested checkpoint
     }
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
