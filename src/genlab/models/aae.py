@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.data.transforms import to_unit
 from genlab.errors import require_images, require_positive
+from genlab.models.common import UnitImageCodec
 from genlab.models.gan import GAN
 from genlab.nn import MLP, Conv
 
 
-class AAE(GAN):
+class AAE(UnitImageCodec, GAN):
     """Auto-encoder with an adversarial prior on its codes."""
 
     def __init__(
@@ -63,21 +63,7 @@ class AAE(GAN):
     def g_parameters(self) -> list[nn.Parameter]:
         return [*self.encoder.parameters(), *self.decoder.parameters()]
 
-    # ---- data space: [0, 1] images, a Bernoulli-logit decoder -------------------------
-    def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return to_unit(x) if x.dtype == torch.uint8 else x.float()
-
-    def to_image(self, x: Tensor) -> Tensor:
-        return x.clamp(0, 1)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """E(x): (B, latent_dim)."""
-        return self.encoder(x)
-
-    def decode(self, z: Tensor) -> Tensor:
-        """Decoder logits (B, *data_shape)."""
-        return self.decoder(z)
-
+    # ---- data space: [0, 1] images (UnitImageCodec), a Bernoulli-logit decoder ------
     def mean(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out)
 

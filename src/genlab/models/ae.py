@@ -17,14 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.data.transforms import to_unit
 from genlab.errors import require_choice, require_images, require_positive
 from genlab.metrics import LatentMoments
-from genlab.models.common import StepMetrics, check_optimizer, make_optimizer
+from genlab.models.common import StepMetrics, UnitImageCodec, check_optimizer, make_optimizer
 from genlab.nn import build_net
 
 
-class AE(pl.LightningModule):
+class AE(UnitImageCodec, pl.LightningModule):
     """Auto-encoder with MSE or BCE reconstruction; optionally linear (PCA)."""
 
     def __init__(
@@ -60,21 +59,6 @@ class AE(pl.LightningModule):
         self.register_buffer("code_cov", torch.eye(latent_dim))
         self.moments = LatentMoments(latent_dim)
         self.step_metrics = StepMetrics()
-
-    def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 batch -> [0, 1]; continuous (float) data pass as they are."""
-        return to_unit(x) if x.dtype == torch.uint8 else x.float()
-
-    def to_image(self, x: Tensor) -> Tensor:
-        return x.clamp(0, 1)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """(B, *data_shape) -> (B, d)."""
-        return self.encoder(x)
-
-    def decode(self, z: Tensor) -> Tensor:
-        """(B, d) -> decoder output (B, *data_shape): logits (bce) or the image (mse)."""
-        return self.decoder(z)
 
     def mean(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out) if self.hparams.loss == "bce" else out

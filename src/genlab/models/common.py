@@ -113,3 +113,23 @@ class PixelLikelihood:
         if self.hparams.likelihood == "bernoulli":
             return bernoulli_log_likelihood(out, x)
         return gaussian_log_likelihood(out, x, self.log_sigma)
+
+
+class UnitImageCodec:
+    """Data-space and code methods of the deterministic auto-encoders (AE, AAE): data in
+    [0, 1], ``encoder``: x -> (B, d) codes, ``decoder``: codes -> (B, *data_shape)."""
+
+    def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 batch -> [0, 1]; continuous (float) data pass as they are."""
+        return to_unit(x) if x.dtype == torch.uint8 else x.float()
+
+    def to_image(self, x: Tensor) -> Tensor:
+        return x.clamp(0, 1)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """(B, *data_shape) -> (B, d)."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(B, d) -> decoder output (B, *data_shape): logits (BCE) or the image (MSE)."""
+        return self.decoder(z)
