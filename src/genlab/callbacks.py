@@ -265,8 +265,17 @@ class DivergenceGuard(pl.Callback):
         where = f"last good checkpoint: {last}" if last else "no checkpoint was saved yet"
         raise DivergenceError(
             f"{what} became NaN/inf {when} (epoch {trainer.current_epoch}); training "
-            f"stopped, {where}. Try a lower model.lr or trainer.gradient_clip_val=1.0"
+            f"stopped, {where}. {_divergence_hint(trainer.lightning_module)}"
         )
+
+
+def _divergence_hint(module: pl.LightningModule | None) -> str:
+    """What to lower: manual-optimisation models (GANs) have per-player learning rates
+    and no trainer-side gradient clipping."""
+    hp = getattr(module, "hparams", {})
+    if "lr_d" in hp:
+        return "Try lower model.lr_g / model.lr_d"
+    return "Try a lower model.lr or trainer.gradient_clip_val=1.0"
 
 
 class SplitCurve(pl.Callback):
