@@ -66,7 +66,7 @@ def main() -> None:
     torch.set_grad_enabled(True)
     model = GumbelVAE.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
     h = model.hparams
-    step = torch.load(args.ckpt, map_location="cpu", weights_only=False)["global_step"]
+    step = torch.load(args.ckpt, map_location="cpu", weights_only=True)["global_step"]
     tau = temperature(step, h.tau0, h.tau_min, h.tau_rate)  # the checkpoint's temperature
     dm = MNIST(data_dir=os.environ.get("GENLAB_DATA", "data"), download=False)
     dm.setup()

@@ -315,6 +315,27 @@ class SplitCurve(pl.Callback):
         )
 
 
+class EpochSeeder(pl.Callback):
+    """Reseeds Python, NumPy and torch (CPU and CUDA) at the start of every training
+    epoch from (seed, epoch, global rank). Each epoch's randomness (noise, dropout, the
+    GAN's z) then depends only on those three, so a run resumed from an epoch-end
+    checkpoint repeats the uninterrupted run exactly, whatever ran before (sanity checks,
+    evaluation, a different process); ranks draw different noise."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import random
+
+        import numpy as np
+
+        s = (self.seed * 1_000_003 + trainer.current_epoch * 1009 + trainer.global_rank) % 2**32
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)  # also seeds every CUDA device
+
+
 class EpochTimer(pl.Callback):
     """Logs ``time/epoch_s``: wall seconds of each training epoch (validation excluded)
     and ``time/val_s`` for each validation pass, so runs report their cost per epoch."""
@@ -333,11 +354,12 @@ class EpochTimer(pl.Callback):
         if not trainer.sanity_checking:
             seconds = time.perf_counter() - self._v0
             self._val_time += seconds
-            pl_module.log("time/val_s", seconds)
+            pl_module.log("time/val_s", seconds, sync_dist=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Validation inside the epoch (val_check_interval < 1) is not training time.
-        pl_module.log("time/epoch_s", time.perf_counter() - self._t0 - self._val_time)
+        seconds = time.perf_counter() - self._t0 - self._val_time
+        pl_module.log("time/epoch_s", seconds, sync_dist=True)  # mean over ranks
 
 
 class SampleScores(pl.Callback):
@@ -352,7 +374,8 @@ class SampleScores(pl.Callback):
     Features come from genlab's per-data-set network (trained and cached on first use) or,
     with ``features="inception"``, torchmetrics' Inception. The network lives here, frozen:
     never in the optimiser or the model's checkpoint. Real features are cached per data
-    set, split, size and feature network. Runs on the global-zero process.
+    set, split, size and feature network. Under DDP the ranks share the FID / KID work
+    (features gathered across ranks); cond_acc and the probes run on rank 0.
     """
 
     def __init__(
@@ -391,7 +414,6 @@ class SampleScores(pl.Callback):
             dm is not None
             and len(getattr(pl_module, "data_shape", ())) == 3
             and hasattr(pl_module, "sample")
-            and trainer.is_global_zero
         )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -446,10 +468,17 @@ class SampleScores(pl.Callback):
         out: dict[str, float] = {}
         real = self._real(trainer, split, self.n[split])
         n = real.shape[0]
-        set_real(*self.metrics, real)
-        fake = generate(pl_module, n, seed=self.seed)
-        s = fid_kid_of(*self.metrics, fake)
+        # Under DDP each rank holds every world-th real feature and draws its share of the
+        # samples (its own noise); torchmetrics gathers the states in compute(), so the
+        # scores are of all n real and n generated images, and every rank gets them.
+        rank, world = trainer.global_rank, trainer.world_size
+        set_real(*self.metrics, real[rank::world])
+        fake = generate(pl_module, len(range(rank, n, world)), seed=self.seed + 7919 * rank)
+        s = fid_kid_of(*self.metrics, fake, n_total=n)
         out[f"{split}/fid"], out[f"{split}/kid"] = s["fid"], s["kid"]
+        if not trainer.is_global_zero:  # the rest works on one process, without collectives
+            pl_module.train(was_training)
+            return out
         if hasattr(pl_module, "sample_conditional"):
             labels = torch.arange(n, device=pl_module.device) % dm.num_classes
             g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
@@ -477,9 +506,11 @@ class SampleScores(pl.Callback):
             self._log(pl_module, self.scores(trainer, pl_module, "test"))
 
     def _log(self, pl_module: pl.LightningModule, values: dict[str, float]) -> None:
+        # FID / KID are equal on every rank (callbacks may monitor them on each); the
+        # one-process scores are logged by rank 0.
         self.results.update(values)
         for k, v in values.items():
-            pl_module.log(k, v, rank_zero_only=True)
+            pl_module.log(k, v, rank_zero_only=not k.endswith(("/fid", "/kid")))
 
 
 # ---- latent-space views ---------------------------------------------------------------

@@ -52,3 +52,7 @@ def require_images(setting: str, data_shape: tuple[int, ...]) -> None:
             f"{setting} needs image data (C, H, W), but the data have shape "
             f"{tuple(data_shape)}: choose a continuous likelihood / loss, or image data"
         )
+
+
+class CheckpointError(GenlabError, RuntimeError):
+    """A checkpoint is missing, unreadable, or belongs to another family or config."""

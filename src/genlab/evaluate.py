@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
 from genlab.callbacks import SampleScores, interpolation_grid
+from genlab.checkpoints import read_checkpoint
 from genlab.errors import ConfigError, GenlabError
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,7 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None) -> dict[
     # Hyper-parameters given on the command line win, then the evaluation defaults.
     given = {o.split("=", 1)[0].removeprefix("model."): None for o in overrides}
     hparams = {k: cfg.model[k] for k in given if k in cfg.model}
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    saved = state.get("hyper_parameters", {})
+    saved = read_checkpoint(ckpt).get("hyper_parameters", {})  # weights_only loading
     hparams.update({k: v for k, v in EVAL_DEFAULTS.items() if k in saved and k not in hparams})
     model = cls.load_from_checkpoint(ckpt, map_location="cpu", **hparams)
 

@@ -13,10 +13,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from genlab.checkpoints import AtomicCheckpointIO, check_resume, resolve_resume
+from genlab.distributed import JobDDPStrategy, write_job_config
 from genlab.errors import ConfigError, GenlabError
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("matmul_precision") and torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.matmul_precision)  # TF32 on GPUs
     pl.seed_everything(cfg.seed, workers=True)
+    ckpt_path, previous = resolve_resume(cfg)
+    if previous is not None:  # continue in the earlier run's folder (checkpoints, logs, W&B id)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(previous)
+        log.info(f"Resuming {ckpt_path}; outputs continue in {previous}")
+    _set_sweep_group(cfg)
 
     datamodule = build(cfg.data, "data")
     model = build(
@@ -88,21 +99,57 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         num_classes=datamodule.num_classes,
         _convert_="all",  # plain dicts/lists in hparams: checkpoints load without Hydra
     )
+    # This family, these shapes (one line otherwise); the step the logs continue from.
+    resume_step = check_resume(model, ckpt_path) if ckpt_path else None
     callbacks = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
+    if cfg.trainer.get("enable_progress_bar") is False:  # honoured, not a Lightning error
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [build(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
-    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        if hasattr(lg, "resume_step"):
+            lg.resume_step = resume_step
+    plugins = [] if cfg.trainer.get("plugins") else [AtomicCheckpointIO()]
+    trainer = build(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins
+    )
+    strategy = trainer.strategy
+    if isinstance(strategy, JobDDPStrategy) and "LOCAL_RANK" not in os.environ:
+        # The other ranks run exactly this job: resolved config, concrete checkpoint.
+        with open_dict(cfg):
+            cfg.ckpt_path, cfg.auto_resume = ckpt_path, False
+        strategy.use_job_config(write_job_config(cfg, cfg.paths.output_dir))
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = _scalars(trainer.callback_metrics)
-    if cfg.get("test"):
-        ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
-        metrics.update(_scalars(trainer.callback_metrics))
+    failed = True
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = _scalars(trainer.callback_metrics)
+        if cfg.get("test"):
+            ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+            metrics.update(_scalars(trainer.callback_metrics))
+        failed = False
+    finally:
+        if isinstance(strategy, JobDDPStrategy):
+            strategy.finish(failed)  # the next trial of a sweep starts a fresh process group
     if trainer.is_global_zero:
         log.info(summary(trainer, metrics))
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def _set_sweep_group(cfg: DictConfig) -> None:
+    """Under ``-m`` every trial's W&B run gets the sweep's group name (Optuna's
+    study_name, else the sweep folder) unless ``logger.wandb.group`` is set."""
+    wandb = (cfg.get("logger") or {}).get("wandb")
+    if not wandb or wandb.get("group") or not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    study = OmegaConf.select(hc, "sweeper.study_name", default=None)
+    with open_dict(cfg):
+        wandb.group = str(study or Path(hc.sweep.dir).as_posix().replace("/", "-"))
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

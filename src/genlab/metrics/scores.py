@@ -4,6 +4,7 @@ feature network or Inception), conditional accuracy, linear and k-NN probes."""
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def real_features(
     feats = extract(extractor, x, batch_size).cpu()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
+        tmp = cache_file.with_suffix(f".tmp-{os.getpid()}")  # DDP ranks may write at once
         torch.save(feats, tmp)
         tmp.replace(cache_file)
     return feats
@@ -111,17 +112,19 @@ def fid_kid_of(
     kid: KernelInceptionDistance,
     fake: Tensor,
     batch_size: int = 500,
+    n_total: int | None = None,
 ) -> dict[str, float]:
     """FID and KID (mean, std over subsets) of [0, 1] images ``fake`` against the loaded
-    real statistics; the metrics are reset (real states kept) afterwards."""
+    real statistics; the metrics are reset (real states kept) afterwards. Under DDP each
+    rank passes its share and ``n_total``, the number of images over all ranks."""
     fid.reset()
     kid.reset()
     for i in range(0, fake.shape[0], batch_size):
         b = fake[i : i + batch_size].float().clamp(0, 1)
         fid.update(b, real=False)
         kid.update(b, real=False)
-    n_real = sum(f.shape[0] for f in kid.real_features)
-    kid.subset_size = min(kid.subset_size, fake.shape[0], n_real)
+    n = n_total or min(fake.shape[0], sum(f.shape[0] for f in kid.real_features))
+    kid.subset_size = min(kid.subset_size, n)
     kid_mean, kid_std = kid.compute()
     out = {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
     fid.reset()

@@ -12,18 +12,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.errors import require_choice, require_images, require_positive
 from genlab.metrics import LatentMoments
-from genlab.models.common import StepMetrics, UnitImageCodec, check_optimizer, make_optimizer
+from genlab.models.common import (
+    GenlabModule,
+    StepMetrics,
+    UnitImageCodec,
+    check_optimizer,
+    make_optimizer,
+)
 from genlab.nn import build_net
 
 
-class AE(UnitImageCodec, pl.LightningModule):
+class AE(UnitImageCodec, GenlabModule):
     """Auto-encoder with MSE or BCE reconstruction; optionally linear (PCA)."""
 
     def __init__(

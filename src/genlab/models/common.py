@@ -4,14 +4,36 @@ step-metric logging and the pixel likelihoods of the latent-variable models."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 
+import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
 from genlab.data.transforms import binarize, to_unit
 from genlab.errors import ConfigError, require_positive
 from genlab.metrics import bernoulli_log_likelihood, gaussian_log_likelihood
+
+
+class GenlabModule(pl.LightningModule):
+    """Base of every family: checkpoints say which family wrote them, and
+    ``load_from_checkpoint`` loads safely (``weights_only``) and refuses another
+    family's checkpoint with one line instead of a state-dict traceback."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from genlab.checkpoints import FAMILY_KEY, family_of
+
+        checkpoint[FAMILY_KEY] = family_of(type(self))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):  # noqa: D102
+        from genlab.checkpoints import check_family, read_checkpoint
+
+        if isinstance(checkpoint_path, (str, os.PathLike)):
+            check_family(read_checkpoint(checkpoint_path), cls, checkpoint_path)
+        kwargs.setdefault("weights_only", True)
+        return super().load_from_checkpoint(checkpoint_path, map_location, **kwargs)
 
 
 def check_optimizer(name: str, lr: float, weight_decay: float) -> None:

@@ -16,13 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
 from genlab.data.transforms import dequantize, eval_generator
 from genlab.errors import ConfigError, require_positive
-from genlab.models.common import StepMetrics, check_optimizer, make_optimizer
+from genlab.models.common import GenlabModule, StepMetrics, check_optimizer, make_optimizer
 from genlab.nn.flows import (
     ActNorm,
     Coupling,
@@ -40,7 +39,7 @@ from genlab.nn.flows import (
 )
 
 
-class Flow(pl.LightningModule):
+class Flow(GenlabModule):
     """Base of the flow family: prior, dequantisation, metrics, sampling, optimisation.
 
     Subclasses implement ``build_flow() -> FlowLayer`` mapping (B, *data_shape) to (B, D).

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,13 +31,13 @@ from torch.func import functional_call
 
 from genlab.data.transforms import eval_generator, to_symmetric
 from genlab.errors import ConfigError, require_choice, require_positive
-from genlab.models.common import StepMetrics, check_optimizer, make_optimizer
+from genlab.models.common import GenlabModule, StepMetrics, check_optimizer, make_optimizer
 from genlab.nn import MLP, Conv, build_net
 
 LOSSES = ["wgan_gp", "hinge", "nonsaturating"]
 
 
-class GAN(pl.LightningModule):
+class GAN(GenlabModule):
     """Generator G: z (B, latent_dim) -> x (B, *data_shape) in [-1, 1]; critic D: x -> score."""
 
     def __init__(

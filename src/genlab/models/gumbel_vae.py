@@ -32,7 +32,6 @@ import logging
 import math
 from collections.abc import Sequence
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,7 +39,13 @@ from torch import Tensor
 from genlab.data.transforms import eval_generator
 from genlab.errors import ConfigError, require_choice, require_images, require_positive
 from genlab.metrics import categorical_kl_uniform, importance_weighted_bound, log_categorical
-from genlab.models.common import PixelLikelihood, StepMetrics, check_optimizer, make_optimizer
+from genlab.models.common import (
+    GenlabModule,
+    PixelLikelihood,
+    StepMetrics,
+    check_optimizer,
+    make_optimizer,
+)
 from genlab.nn import build_net
 from genlab.nn.categorical import gumbel_softmax, sample_one_hot, steps_to_floor, temperature
 
@@ -49,7 +54,7 @@ log = logging.getLogger(__name__)
 ESTIMATORS = ["gumbel", "st_gumbel", "reinforce"]
 
 
-class GumbelVAE(PixelLikelihood, pl.LightningModule):
+class GumbelVAE(PixelLikelihood, GenlabModule):
     """VAE with ``n_latents`` categorical latents of ``n_categories`` classes each."""
 
     def __init__(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
@@ -26,11 +25,17 @@ from genlab.metrics import (
     log_normal,
     log_standard_normal,
 )
-from genlab.models.common import PixelLikelihood, StepMetrics, check_optimizer, make_optimizer
+from genlab.models.common import (
+    GenlabModule,
+    PixelLikelihood,
+    StepMetrics,
+    check_optimizer,
+    make_optimizer,
+)
 from genlab.nn import build_net
 
 
-class VAE(PixelLikelihood, pl.LightningModule):
+class VAE(PixelLikelihood, GenlabModule):
     """Gaussian-latent VAE with a Bernoulli (binarised data) or Gaussian ([0, 1] data) decoder."""
 
     def __init__(

@@ -1,0 +1,178 @@
+"""Scale and operations (issue 7): multirun and Optuna sweeps (resumable, W&B groups),
+DDP on CPU with 2 processes (gloo) alone and under -m, and the cluster launchers."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO
+
+from genlab.models import AE
+
+FAST = [
+    "data=digits",
+    "logger=[csv,wandb]",  # wandb disabled in tests: its config still carries the group
+    "metrics.probes=false",
+    "trainer.enable_model_summary=false",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def _train_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _losses(run: Path) -> list[float]:
+    """val/loss of each epoch, then test/loss."""
+    with open(run / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return [float(r[k]) for k in ("val/loss", "test/loss") for r in rows if r.get(k)]
+
+
+def _group(run: Path) -> str | None:
+    return yaml.safe_load((run / "csv" / "hparams.yaml").read_text())["logger"]["wandb"]["group"]
+
+
+def test_optuna_search_resumes_from_its_sqlite_study(tmp_path: Path) -> None:
+    search = [
+        "hparams_search=vae_optuna",
+        *FAST,
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "metrics.every_n_epochs=0",
+        "test=false",
+    ]
+    first = _train_py([*search, "hydra.sweeper.n_trials=2"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # Killed inside its next trial: that trial is left RUNNING in the study.
+    kill = ["+callbacks.kill._target_=genlab.testing.KillAtStep", "+callbacks.kill.step=1"]
+    killed = _train_py([*search, "hydra.sweeper.n_trials=4", *kill], tmp_path)
+    assert killed.returncode == -9
+    # The same command again finishes the budget: 4 finished trials in all, not 2 + 4.
+    again = _train_py([*search, "hydra.sweeper.n_trials=4"], tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "has 2 finished trial(s); running 2 more" in again.stdout + again.stderr
+    with sqlite3.connect(tmp_path / "optuna.db") as db:
+        states = [s for (s,) in db.execute("select state from trials order by trial_id")]
+        lrs = [
+            v
+            for (v,) in db.execute(
+                "select p.param_value from trial_params p join trials t using (trial_id) "
+                "where p.param_name = 'model.lr' and t.state = 'COMPLETE'"
+            )
+        ]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"], states
+    # The resumed sampler does not repeat finished trials (it retries the killed one).
+    assert len(lrs) == 4 and len(set(lrs)) == 4
+    runs = sorted((tmp_path / "multirun").glob("*/*/[0-9]*"))
+    assert len(runs) == 5 and all(_group(r) == "vae_digits" for r in runs if (r / "csv").is_dir())
+    result = yaml.safe_load(
+        next((tmp_path / "multirun").glob("*/*/optimization_results.yaml")).read_text()
+    )
+    assert result["best_value"] > 0  # -ELBO in nats
+
+
+def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
+    """Same global batch (2 x 64 vs 1 x 128) and data order: equal validation losses
+    within 1e-3 (relative): the 179 validation images are padded to 2 x 90 by repeating
+    one, and float sums are reduced in another order. A deterministic model (AE)."""
+    common = [
+        *FAST,
+        "model=ae",
+        "trainer.max_epochs=2",
+        "trainer.deterministic=true",
+        "trainer.limit_train_batches=11",  # 11 full batches: no ragged last batch
+        "metrics.every_n_epochs=0",
+    ]
+    two = _train_py(
+        [*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+         "data.batch_size=64", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _train_py(
+        [*common, "trainer=cpu", "data.batch_size=128", f"hydra.run.dir={tmp_path / 'one'}"],
+        tmp_path,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(a) == len(b) == 3  # two epochs and the test
+    assert a == pytest.approx(b, rel=1e-3)
+    assert a != b  # (two really ran apart from one)
+    # Rank 0 alone wrote files: one checkpoint folder, images, one CSV.
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == [
+        "best.ckpt",
+        "last.ckpt",
+    ]
+    assert any((tmp_path / "two" / "images").glob("*.png"))
+
+
+def test_multirun_with_ddp_runs_each_trial_on_both_ranks(tmp_path: Path) -> None:
+    p = _train_py(
+        ["-m", *FAST, "model=ae", "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2", "trainer.max_epochs=1", "metrics.every_n_epochs=0",
+         "test=false", "model.latent_dim=3,5", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout + p.stderr
+    assert out.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2  # one rank 1 per trial
+    assert out.count("#0 :") == 1 and out.count("#1 :") == 1  # the sweep ran once
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job, d in zip(jobs, (3, 5), strict=True):
+        # rank 1 trained the trial's own config (DDP checks equal parameter shapes)
+        rank1 = yaml.safe_load((job / ".hydra" / "ddp_config.yaml").read_text())
+        assert rank1["model"]["latent_dim"] == d
+        model = AE.load_from_checkpoint(job / "checkpoints" / "last.ckpt")
+        assert model.hparams.latent_dim == d
+        assert model.encoder(torch.zeros(1, 1, 8, 8)).shape == (1, d)
+
+
+def test_plain_multirun_and_submitit_local(tmp_path: Path) -> None:
+    p = _train_py(
+        ["-m", "hydra/launcher=submitit_local", *FAST, "trainer=debug", "model.latent_dim=2,4",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert (tmp_path / "sweep" / ".submitit").is_dir()  # ran through submitit
+    for job, d in zip(jobs, (2, 4), strict=True):
+        assert (
+            yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["model"]["latent_dim"] == d
+        )
+        assert "Outputs in" in (job / "train.log").read_text()
+
+
+def test_slurm_launcher_is_wired_to_the_trainer(make_cfg) -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+             "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )  # fmt: skip
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+    assert launcher.partition == "gpu"
+    assert cfg.trainer.strategy._target_ == "genlab.distributed.JobDDPStrategy"
