@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -57,3 +59,18 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return cfg
 
     return make
+
+
+def train_py(
+    args: list[str], cwd: Path, wandb_mode: str = "disabled"
+) -> subprocess.CompletedProcess:
+    """``python <repo>/train.py <args>`` in ``cwd``, as a user runs it (own process)."""
+    env = {**os.environ, "WANDB_MODE": wandb_mode, "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

@@ -5,14 +5,12 @@ CSV log; checkpoints are written atomically, load safely, and refuse the wrong m
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import train_py
 
 from genlab.checkpoints import AtomicCheckpointIO, read_checkpoint
 from genlab.errors import CheckpointError
@@ -35,16 +33,8 @@ RUN = [
 KILL = ["+callbacks.kill._target_=genlab.testing.KillAtStep", "+callbacks.kill.step=30"]
 
 
-def _train_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _offline(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return train_py(args, cwd, wandb_mode="offline")
 
 
 def _rows(run: Path) -> list[dict[str, str]]:
@@ -60,15 +50,15 @@ def _final(rows: list[dict[str, str]]) -> dict[str, float]:
 
 
 def test_killed_run_resumes_exactly_and_continues_its_wandb_run(tmp_path: Path) -> None:
-    ref = _train_py([*RUN, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path)
+    ref = _offline([*RUN, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path)
     assert ref.returncode == 0, ref.stderr[-2000:]
     # The same command in the default (timestamped) run folders, killed mid-epoch ...
-    killed = _train_py([*RUN, *KILL], tmp_path)
+    killed = _offline([*RUN, *KILL], tmp_path)
     assert killed.returncode == -9, killed.stderr[-2000:]
     (run,) = (tmp_path / "outputs").glob("*/*")
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 24
     # ... and restarted with ckpt_path=last: it finds that run and continues in it.
-    resumed = _train_py([*RUN, *KILL, "ckpt_path=last"], tmp_path)
+    resumed = _offline([*RUN, *KILL, "ckpt_path=last"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (
         f"outputs continue in outputs/{run.parent.name}/{run.name}"

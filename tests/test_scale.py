@@ -4,16 +4,13 @@ DDP on CPU with 2 processes (gloo) alone and under -m, and the cluster launchers
 from __future__ import annotations
 
 import csv
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, train_py
 
 from genlab.models import AE
 
@@ -24,18 +21,6 @@ FAST = [
     "trainer.enable_model_summary=false",
     "trainer.enable_progress_bar=false",
 ]
-
-
-def _train_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def _losses(run: Path) -> list[float]:
@@ -59,14 +44,14 @@ def test_optuna_search_resumes_from_its_sqlite_study(tmp_path: Path) -> None:
         "metrics.every_n_epochs=0",
         "test=false",
     ]
-    first = _train_py([*search, "hydra.sweeper.n_trials=2"], tmp_path)
+    first = train_py([*search, "hydra.sweeper.n_trials=2"], tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     # Killed inside its next trial: that trial is left RUNNING in the study.
     kill = ["+callbacks.kill._target_=genlab.testing.KillAtStep", "+callbacks.kill.step=1"]
-    killed = _train_py([*search, "hydra.sweeper.n_trials=4", *kill], tmp_path)
+    killed = train_py([*search, "hydra.sweeper.n_trials=4", *kill], tmp_path)
     assert killed.returncode == -9
     # The same command again finishes the budget: 4 finished trials in all, not 2 + 4.
-    again = _train_py([*search, "hydra.sweeper.n_trials=4"], tmp_path)
+    again = train_py([*search, "hydra.sweeper.n_trials=4"], tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "has 2 finished trial(s); running 2 more" in again.stdout + again.stderr
     with sqlite3.connect(tmp_path / "optuna.db") as db:
@@ -101,12 +86,12 @@ def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
         "trainer.limit_train_batches=11",  # 11 full batches: no ragged last batch
         "metrics.every_n_epochs=0",
     ]
-    two = _train_py(
+    two = train_py(
         [*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
          "data.batch_size=64", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    one = _train_py(
+    one = train_py(
         [*common, "trainer=cpu", "data.batch_size=128", f"hydra.run.dir={tmp_path / 'one'}"],
         tmp_path,
     )
@@ -124,7 +109,7 @@ def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
 
 
 def test_multirun_with_ddp_runs_each_trial_on_both_ranks(tmp_path: Path) -> None:
-    p = _train_py(
+    p = train_py(
         ["-m", *FAST, "model=ae", "trainer=ddp", "trainer.accelerator=cpu",
          "trainer.devices=2", "trainer.max_epochs=1", "metrics.every_n_epochs=0",
          "test=false", "model.latent_dim=3,5", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
@@ -146,7 +131,7 @@ def test_multirun_with_ddp_runs_each_trial_on_both_ranks(tmp_path: Path) -> None
 
 
 def test_plain_multirun_and_submitit_local(tmp_path: Path) -> None:
-    p = _train_py(
+    p = train_py(
         ["-m", "hydra/launcher=submitit_local", *FAST, "trainer=debug", "model.latent_dim=2,4",
          f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path,
     )  # fmt: skip
