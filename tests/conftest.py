@@ -66,6 +66,9 @@ def train_py(
 ) -> subprocess.CompletedProcess:
     """``python <repo>/train.py <args>`` in ``cwd``, as a user runs it (own process)."""
     env = {**os.environ, "WANDB_MODE": wandb_mode, "WANDB_SILENT": "true"}
+    # A W&B run started inside pytest leaves WANDB_SERVICE set: children would share that
+    # service, and a killed child's run would stay registered there ("run ID in use").
+    env.pop("WANDB_SERVICE", None)
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=cwd,

@@ -104,7 +104,8 @@ def test_help_lists_groups_and_options() -> None:
     for line in (
         "model: " + ", ".join(MODELS),
         "model/net: conv, mlp",
-        "trainer: cpu, debug, default, gpu",
+        "trainer: cpu, ddp, debug, default, gpu",
+        "hparams_search: nice_optuna, vae_optuna",
         "logger: csv, none, tensorboard, wandb",
         "callbacks: default, none, test_curve",
         "experiment: " + ", ".join(EXPERIMENTS),

@@ -115,7 +115,7 @@ def test_cond_acc_and_fid_of_an_oracle_on_digits(tmp_path, caplog) -> None:
     dm.setup()
     cb = SampleScores(cache_dir=str(tmp_path), n_val=179)
     oracle = Oracle(*dm.splits["val"])
-    trainer = SimpleNamespace(datamodule=dm, is_global_zero=True)
+    trainer = SimpleNamespace(datamodule=dm, is_global_zero=True, global_rank=0, world_size=1)
     with caplog.at_level(logging.INFO, logger="genlab.metrics.features"):
         scores = cb.scores(trainer, oracle, "val")
     trained = [r.getMessage() for r in caplog.records if "No feature network" in r.getMessage()]
