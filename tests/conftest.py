@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -77,3 +78,9 @@ def train_py(
         text=True,
         timeout=600,
     )
+
+
+def csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's csv/metrics.csv (CSV logger)."""
+    with open(Path(run_dir) / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))

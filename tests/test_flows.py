@@ -3,11 +3,11 @@ likelihoods are exact (analytic cases, normalisation), and every flow trains."""
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
+from conftest import csv_rows
 from torch.autograd.functional import jacobian
 
 from genlab.callbacks import SplitCurve, plane_grid
@@ -204,8 +204,7 @@ def test_toy2d_flow_density_is_normalised_and_beats_a_gaussian(make_cfg, tmp_pat
     assert metrics["test/loglik"] > float(gauss.log_prob(x).mean()) + 1.0
     images = {q.name for q in (tmp_path / "images").iterdir()}
     assert images == {"density_epoch0003.png", "samples_epoch0003.png"}
-    with open(tmp_path / "csv" / "metrics.csv") as f:
-        assert any(r.get("val/loglik") for r in csv.DictReader(f))
+    assert any(r.get("val/loglik") for r in csv_rows(tmp_path))
     # Reloads without Hydra (actnorm's initialisation included): same density.
     ckpts = tmp_path / "checkpoints"
     loaded = Glow.load_from_checkpoint(ckpts / "best.ckpt", map_location="cpu").eval()

@@ -4,11 +4,10 @@ O-GAN's correlation term is Pearson's, and short runs behave."""
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 import torch
+from conftest import csv_rows
 
 from genlab.metrics import pearson
 from genlab.models import AAE, ALI, GAN, OGAN
@@ -106,8 +105,7 @@ def test_ogan_run_raises_z_corr_and_encodes(make_cfg, tmp_path) -> None:
         "callbacks.sample_scores.probes=false",
     )
     metrics, objs = train(cfg)
-    with open(tmp_path / "csv" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = csv_rows(tmp_path)
     corr = [float(r["train/z_corr"]) for r in rows if r.get("train/z_corr")]
     assert corr[0] < 0.2 and corr[-1] > corr[0] + 0.3, corr
     assert metrics["val/z_corr"] > 0.3

@@ -4,13 +4,13 @@ log K constant, the IWAE bound against the exact likelihood, and the tau schedul
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import csv_rows
 
 from genlab.metrics import categorical_kl_uniform
 from genlab.models import GumbelVAE
@@ -183,8 +183,7 @@ def test_gumbel_vae_trains_logs_tau_and_grad_var(make_cfg, tmp_path) -> None:
         "metrics.every_n_epochs=0",
     )
     metrics, objs = train(cfg)
-    with open(tmp_path / "csv" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = csv_rows(tmp_path)
     taus = [float(r["train/tau"]) for r in rows if r.get("train/tau")]
     assert taus[0] > 0.9 and taus[-1] == pytest.approx(0.5, abs=1e-6)
     var_steps = [int(r["step"]) for r in rows if r.get("train/grad_var")]

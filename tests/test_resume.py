@@ -4,13 +4,12 @@ CSV log; checkpoints are written atomically, load safely, and refuse the wrong m
 
 from __future__ import annotations
 
-import csv
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_py
+from conftest import csv_rows, train_py
 
 from genlab.checkpoints import AtomicCheckpointIO, read_checkpoint
 from genlab.errors import CheckpointError
@@ -37,11 +36,6 @@ def _offline(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return train_py(args, cwd, wandb_mode="offline")
 
 
-def _rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "csv" / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def _final(rows: list[dict[str, str]]) -> dict[str, float]:
     out = {}
     for r in rows:
@@ -65,12 +59,12 @@ def test_killed_run_resumes_exactly_and_continues_its_wandb_run(tmp_path: Path) 
         in resumed.stdout + resumed.stderr
     )
 
-    want, got = _final(_rows(tmp_path / "ref")), _final(_rows(run))
+    want, got = _final(csv_rows(tmp_path / "ref")), _final(csv_rows(run))
     assert "test/loss" in want and "val/fid" in want and want.keys() == got.keys()
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-6), k
     # One CSV log with each epoch once (the killed epoch's rows were dropped, not doubled).
-    epochs = [r["epoch"] for r in _rows(run) if r.get("val/loss")]
+    epochs = [r["epoch"] for r in csv_rows(run) if r.get("val/loss")]
     assert epochs == ["0", "1", "2", "3"]
     # One W&B run id for both processes.
     run_id = (run / "wandb" / "run_id").read_text().strip()

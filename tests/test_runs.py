@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import copy
-import csv
 import math
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import MODELS, needs_mnist
+from conftest import MODELS, csv_rows, needs_mnist
 
 from genlab.errors import ConfigError, DataNotFoundError, DivergenceError
 from genlab.models import VAE
 from genlab.train import train
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -47,7 +41,7 @@ def test_one_epoch_outputs_and_reload(make_cfg, tmp_path: Path) -> None:
     metrics, objs = train(cfg)
     ckpts = tmp_path / "checkpoints"
     assert (ckpts / "best.ckpt").is_file() and (ckpts / "last.ckpt").is_file()
-    rows = _rows(tmp_path / "csv" / "metrics.csv")
+    rows = csv_rows(tmp_path)
     keys = set().union(*(r.keys() for r in rows))
     want = {"train/loss", "val/elbo", "val/recon", "val/kl", "val/active_units", "test/nll_iwae"}
     want |= {"val/fid", "val/kid", "test/fid", "test/kid", "test/linear_probe_acc", "test/knn_acc"}
@@ -99,7 +93,7 @@ def test_step_metrics_are_window_means(make_cfg, tmp_path) -> None:
         f"+callbacks.recorder._target_={__name__}.LossRecorder",
     )
     train(cfg)
-    rows = _rows(tmp_path / "csv" / "metrics.csv")
+    rows = csv_rows(tmp_path)
     logged = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     steps = LossRecorder.losses
     assert len(steps) == 12 and len(logged) == 3
@@ -217,7 +211,7 @@ def test_real_mnist_vae_val_elbo_improves_within_first_epoch(make_cfg, tmp_path)
         "test=false",
     )
     train(cfg)
-    vals = [float(r["val/elbo"]) for r in _rows(tmp_path / "csv" / "metrics.csv") if r["val/elbo"]]
+    vals = [float(r["val/elbo"]) for r in csv_rows(tmp_path) if r["val/elbo"]]
     assert len(vals) == 3  # steps 100, 200, 300
     assert vals[0] < vals[1] < vals[2], vals
     assert vals[-1] > -170, vals  # a hand-written loop of the same VAE: -153.5 at step 300

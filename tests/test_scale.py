@@ -3,14 +3,13 @@ DDP on CPU with 2 processes (gloo) alone and under -m, and the cluster launchers
 
 from __future__ import annotations
 
-import csv
 import sqlite3
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, train_py
+from conftest import REPO, csv_rows, train_py
 
 from genlab.models import AE
 
@@ -25,8 +24,7 @@ FAST = [
 
 def _losses(run: Path) -> list[float]:
     """val/loss of each epoch, then test/loss."""
-    with open(run / "csv" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = csv_rows(run)
     return [float(r[k]) for k in ("val/loss", "test/loss") for r in rows if r.get(k)]
 
 
