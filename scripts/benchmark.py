@@ -104,15 +104,14 @@ def runner(overrides: list[str], steps: int, warmup: int) -> float:
 
 def _build(overrides: list[str]):
     """Data module (set up, on the CPU) and a freshly seeded model, as the runner builds them."""
-    from genlab.train import _fast_cuda_check, build
+    from genlab._lightning import undo_nvml_cuda_check
+    from genlab.train import build, build_model
 
     cfg = compose_cfg(overrides, Path(tempfile.gettempdir()))
-    _fast_cuda_check(cfg)  # the same process-wide setting as the runner
+    undo_nvml_cuda_check()  # the same process-wide setting as the runner
     pl.seed_everything(cfg.seed, verbose=False)
     dm = build(cfg.data, "data")
-    model = build(
-        cfg.model, "model", data_shape=dm.data_shape, num_classes=dm.num_classes, _convert_="all"
-    )
+    model = build_model(cfg.model, dm.data_shape, dm.num_classes)
     return cfg, dm, model
 
 
@@ -179,7 +178,7 @@ CASES = {
     "nice_mnist": ["model=nice", "data=mnist", "data.batch_size=200"],
     "vae_tiny_digits": [
         "model=vae",
-        "model.net.hidden=[8]",
+        "model.net.hidden_sizes=[8]",
         "model.latent_dim=2",
         "data=digits",
         "data.batch_size=16",

@@ -115,12 +115,12 @@ def test_wandb_falls_back_offline_when_online_start_fails(tmp_path, monkeypatch)
 
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    lg = WandbLogger(save_dir=str(tmp_path))
-    assert lg.mode == "online"
     monkeypatch.setattr(wandb, "init", fake_init)
-    assert lg.experiment is not None and modes == ["online", "offline"] and lg.mode == "offline"
+    lg = WandbLogger(save_dir=str(tmp_path))  # the run starts here
+    assert modes == ["online", "offline"] and lg.mode == "offline"
+    assert lg.experiment is not None
+    lg.finish()
     monkeypatch.undo()
-    wandb.finish()
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,16 @@ from conftest import DATASETS, MODELS, REPO
 from hydra.utils import instantiate
 
 from genlab.errors import ConfigError
-from genlab.train import build
+from genlab.train import build, build_model
 
 FLOWS = {"nice", "realnvp", "glow"}
 GANS = {"gan", "ogan", "ali"}  # model 2-D data too, with model/net=mlp
 # Big-data configs at full size cost seconds to build: shrink the widest nets.
-SMALL = {"nice": ["model.hidden=[32]"], "realnvp": ["model.hidden=8"], "glow": ["model.hidden=8"]}
+SMALL = {
+    "nice": ["model.hidden_sizes=[32]"],
+    "realnvp": ["model.channels=8"],
+    "glow": ["model.channels=8"],
+}
 
 
 @pytest.mark.parametrize("data", DATASETS)
@@ -29,23 +33,17 @@ def test_every_model_and_data_instantiates(make_cfg, model: str, data: str) -> N
     if not images and model not in FLOWS | GANS:  # Bernoulli / BCE need 8-bit images
         needs_images = r"model(\.likelihood=bernoulli|\.loss=bce|=aae) needs image"
         with pytest.raises(ConfigError, match=needs_images):
-            build(cfg.model, "model", data_shape=dm.data_shape, num_classes=dm.num_classes)
+            build_model(cfg.model, dm.data_shape, dm.num_classes)
         return
     nets = ["model/net=mlp", "model/net=conv"] if "net" in cfg.model else [None]
     for net in nets:
         if not images and net == "model/net=conv":  # GANs on 2-D data: MLPs only, one line
             cfg = make_cfg(f"model={model}", f"data={data}", net)
             with pytest.raises(ConfigError, match=r"model/net=conv needs images"):
-                build(cfg.model, "model", data_shape=dm.data_shape, num_classes=dm.num_classes)
+                build_model(cfg.model, dm.data_shape, dm.num_classes)
             continue
         cfg = make_cfg(f"model={model}", f"data={data}", *SMALL.get(model, []), *[net] * bool(net))
-        m = build(
-            cfg.model,
-            "model",
-            data_shape=dm.data_shape,
-            num_classes=dm.num_classes,
-            _convert_="all",
-        )
+        m = build_model(cfg.model, dm.data_shape, dm.num_classes)
         dtype = torch.uint8 if images else torch.float32
         x = m.preprocess(torch.zeros(2, *dm.data_shape, dtype=dtype))
         if hasattr(m, "reconstruct"):
@@ -70,7 +68,7 @@ def test_trainer_logger_callback_options_instantiate(make_cfg, tmp_path) -> None
         t = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
         names = {type(c).__name__ for c in t.callbacks}
         assert {
-            "ModelCheckpoint",
+            "BestCheckpoint",
             "ImageGrids",
             "DivergenceGuard",
             "ProgressBar",
@@ -91,7 +89,7 @@ def test_every_experiment_builds_its_model(make_cfg, experiment: str) -> None:
     """Each documented recipe composes, and its model builds for its data's shape."""
     cfg = make_cfg(f"experiment={experiment}")
     assert "mnist" in cfg.data._target_.lower()
-    model = build(cfg.model, "model", data_shape=(1, 28, 28), num_classes=10, _convert_="all")
+    model = build_model(cfg.model, (1, 28, 28), 10)
     assert model.sample(2).shape == (2, 1, 28, 28)
     for cb in cfg.callbacks.values():
         instantiate(cb)

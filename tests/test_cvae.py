@@ -1,4 +1,4 @@
-"""Class-prior CVAE (MODELS.md §3): the KL formula, its reduction to the VAE, and
+"""Class-prior CVAE (docs/models.md#cvae): the KL formula, its reduction to the VAE, and
 class-conditioned samples the feature network recognises."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from genlab.train import train
 
 def test_cvae_kl_is_the_formula_and_reduces_to_the_vae() -> None:
     torch.manual_seed(0)
-    cvae = CVAE((1, 8, 8), num_classes=10, latent_dim=4, net={"hidden": [16]})
+    cvae = CVAE((1, 8, 8), num_classes=10, latent_dim=4, net={"hidden_sizes": [16]})
     x = torch.rand(6, 1, 8, 8).round()
     y = torch.tensor([0, 1, 2, 3, 3, 9])
     t = cvae.elbo(x, torch.Generator().manual_seed(1), y)
@@ -20,7 +20,7 @@ def test_cvae_kl_is_the_formula_and_reduces_to_the_vae() -> None:
     assert torch.allclose(t["kl"], want, atol=1e-6)
     assert not torch.allclose(t["kl"], 0.5 * (mu**2 + lv.exp() - lv - 1).sum(1))
     # All class means at 0: exactly the VAE (same weights, same noise).
-    vae = VAE((1, 8, 8), num_classes=10, latent_dim=4, net={"hidden": [16]})
+    vae = VAE((1, 8, 8), num_classes=10, latent_dim=4, net={"hidden_sizes": [16]})
     vae.load_state_dict(cvae.state_dict(), strict=False)
     with torch.no_grad():
         cvae.class_means.zero_()

@@ -131,7 +131,7 @@ def test_failed_download_one_clear_error(tmp_path, monkeypatch) -> None:
 
 
 def test_bad_sizes_rejected() -> None:
-    with pytest.raises(ConfigError, match=r"data.batch_size must be a positive number, got 0"):
+    with pytest.raises(ConfigError, match=r"data.batch_size must be a positive integer, got 0"):
         Digits(batch_size=0)
     with pytest.raises(ConfigError, match=r"data.binarize='dynamic' is not one of"):
         Digits(binarize="dynamic")

@@ -1,4 +1,4 @@
-"""GAN family (MODELS.md §7): single-step stop-gradient training gives each network the
+"""GAN family (docs/models.md#gans): single-step stop-gradient training gives each network the
 gradients of its own alternating loss, the frozen critic passes gradients to G only,
 O-GAN's correlation term is Pearson's, and short runs behave."""
 
@@ -14,7 +14,12 @@ from genlab.models import AAE, ALI, GAN, OGAN
 from genlab.models.gan import _detach
 from genlab.train import train
 
-CONV = {"arch": "genlab.nn.Conv", "channels": [8, 16], "hidden": 32, "activation": "LeakyReLU"}
+CONV = {
+    "arch": "genlab.nn.Conv",
+    "channels": [8, 16],
+    "hidden_width": 32,
+    "activation": "LeakyReLU",
+}
 
 
 def _flat(grads) -> torch.Tensor:
@@ -36,7 +41,9 @@ def _flat(grads) -> torch.Tensor:
 def test_single_step_gradients_equal_the_alternating_losses(cls, loss: str) -> None:
     torch.manual_seed(0)
     kw = {"dropout": 0.0} if cls is ALI else {}  # equal dropout masks need none
-    model = cls((1, 8, 8), latent_dim=6, net=CONV, loss=loss, update="single_step", **kw).double()
+    model = cls(
+        (1, 8, 8), latent_dim=6, net=CONV, loss=loss, update_rule="single_step", **kw
+    ).double()
     real = torch.rand(16, 1, 8, 8, dtype=torch.float64) * 2 - 1
     z = torch.randn(16, 6, dtype=torch.float64)
     d_params = list(model.discriminator.parameters())
@@ -98,10 +105,11 @@ def test_pearson_matches_numpy() -> None:
 def test_ogan_run_raises_z_corr_and_encodes(make_cfg, tmp_path) -> None:
     cfg = make_cfg(
         "model=ogan",
-        "model.update=single_step",
+        "model.update_rule=single_step",
         "trainer.max_epochs=8",
         "trainer.log_every_n_steps=5",
         "metrics.every_n_epochs=0",
+        "model.monitor=null",  # no FID during training: best.ckpt is the last epoch
         "callbacks.sample_scores.probes=false",
     )
     metrics, objs = train(cfg)
@@ -123,8 +131,9 @@ def test_gan_on_2d_data_with_mlp_nets(make_cfg, tmp_path, update: str) -> None:
     cfg = make_cfg(
         "model=gan",
         "model/net=mlp",
-        "model.net.hidden=[32,32]",
-        f"model.update={update}",
+        "model.net.hidden_sizes=[32,32]",
+        f"model.update_rule={update}",
+        "model.monitor=null",
         "model.n_critic=2",
         "data=toy2d",
         "trainer.max_epochs=2",

@@ -1,4 +1,4 @@
-"""Categorical VAE (MODELS.md §4): Gumbel-Softmax on the simplex, straight-through
+"""Categorical VAE (docs/models.md#categorical-vae): Gumbel-Softmax on the simplex, straight-through
 one-hot forward, REINFORCE unbiasedness against an enumerated exact gradient, the KL's
 log K constant, the IWAE bound against the exact likelihood, and the tau schedule."""
 
@@ -94,7 +94,7 @@ def _tiny(estimator: str, n_latents: int = 2, n_categories: int = 3) -> GumbelVA
         (1, 4, 4),
         n_latents=n_latents,
         n_categories=n_categories,
-        net={"hidden": [12]},
+        net={"hidden_sizes": [12]},
         estimator=estimator,
     )
 

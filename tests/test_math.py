@@ -39,7 +39,7 @@ def _linear_gaussian_vae(exact_posterior: bool) -> tuple[VAE, torch.Tensor, torc
         latent_dim=d_z,
         likelihood="gaussian",
         sigma=s,
-        net={"arch": "genlab.nn.MLP", "hidden": []},
+        net={"arch": "genlab.nn.MLP", "hidden_sizes": []},
     ).double()
     a = w.T / (c + s**2)
     enc, dec = vae.encoder[1], vae.decoder[0]  # Flatten, Linear | Linear, Unflatten

@@ -174,9 +174,13 @@ def test_divergence_stops_with_message_and_keeps_good_checkpoint(
     ("overrides", "error", "message"),
     [
         (["model.lr=-0.001"], ConfigError, r"model.lr must be a positive number, got -0.001"),
-        (["model.latent_dim=0"], ConfigError, r"model.latent_dim must be a positive number"),
-        (["data.batch_size=0"], ConfigError, r"data.batch_size must be a positive number"),
-        (["model.net.hidden=[256,-1]"], ConfigError, r"model.net.hidden must be a positive"),
+        (["model.latent_dim=0"], ConfigError, r"model.latent_dim must be a positive integer"),
+        (["data.batch_size=0"], ConfigError, r"data.batch_size must be a positive integer"),
+        (
+            ["model.net.hidden_sizes=[256,-1]"],
+            ConfigError,
+            r"model.net.hidden_sizes must be a list of positive",
+        ),
         (
             ["model/net=conv", "model.net.channels=[8,8,8,8]"],
             ConfigError,
@@ -215,3 +219,43 @@ def test_real_mnist_vae_val_elbo_improves_within_first_epoch(make_cfg, tmp_path)
     assert len(vals) == 3  # steps 100, 200, 300
     assert vals[0] < vals[1] < vals[2], vals
     assert vals[-1] > -170, vals  # a hand-written loop of the same VAE: -153.5 at step 300
+
+
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [
+        ("vae", []),
+        ("gumbel_vae", ["model.grad_var_every=0"]),
+        ("nice", ["model.hidden_sizes=[32]"]),
+        # FID every 2nd epoch: epoch 0 has none, so best.ckpt is chosen among epochs 1, 2.
+        ("gan", ["model.net.channels=[8,16]", "model.net.hidden_width=32",
+                 "metrics.every_n_epochs=2"]),
+    ],
+)  # fmt: skip
+def test_test_curve_and_best_checkpoint_of_each_kind(make_cfg, tmp_path, model, extra) -> None:
+    """callbacks=test_curve gives a test-set value per epoch for every kind of family,
+    through the same batch_metrics as validation; best.ckpt is chosen by the family's
+    own metric (val/loss, or val/fid for GANs) among the epochs that logged it."""
+    cfg = make_cfg(
+        f"model={model}",
+        *extra,
+        "callbacks=test_curve",
+        "trainer.max_epochs=3",
+        "callbacks.image_grids=null",
+        "callbacks.latent_tools=null",
+        "metrics.probes=false",
+        "metrics.n_test=100",
+    )
+    metrics, _ = train(cfg)
+    rows = csv_rows(tmp_path)
+    curve = [(r["epoch"], float(r["curve/test_loss"])) for r in rows if r.get("curve/test_loss")]
+    assert [e for e, _ in curve] == ["0", "1", "2"] and all(math.isfinite(v) for _, v in curve)
+    val_loss = {r["epoch"]: float(r["val/loss"]) for r in rows if r.get("val/loss")}
+    assert {e for e, _ in curve} == set(val_loss)  # the same epochs as validation
+    monitor = "val/fid" if model == "gan" else "val/loss"
+    scored = {int(r["epoch"]): float(r[monitor]) for r in rows if r.get(monitor)}
+    if model == "gan":
+        assert sorted(scored) == [1, 2]
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == min(scored, key=scored.get)
+    assert math.isfinite(metrics["test/loss"])

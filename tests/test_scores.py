@@ -167,7 +167,12 @@ def test_eval_py_writes_every_metric_for_a_digits_checkpoint(make_cfg, tmp_path)
     }
     assert want <= set(record["metrics"]), sorted(record["metrics"])
     assert record["hparams"] == {"iwae_samples": 64}
-    assert set(record["images"]) == {"samples.png", "reconstructions.png", "interpolations.png"}
+    # The grids the training callbacks draw, by the same code.
+    assert set(record["images"]) == {
+        "samples.png",
+        "reconstructions.png",
+        "latent_interpolations.png",
+    }
     assert "test/nll_iwae" in p.stdout  # the printed table
     bad = subprocess.run(
         [sys.executable, "eval.py", f"ckpt_path={tmp_path / 'missing.ckpt'}"],

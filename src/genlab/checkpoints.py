@@ -3,6 +3,7 @@ resume (``ckpt_path=last`` / ``auto_resume=true``)."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -80,6 +81,47 @@ def check_family(ckpt: dict[str, Any], cls: type, path: str | Path) -> None:
             f"{path} is a {family} checkpoint, not {family_of(cls)}: load it with "
             f"{name}.load_from_checkpoint (or genlab-eval, which reads the run's config)"
         )
+
+
+def migrate_hparams(hp: dict[str, Any], family: str) -> dict[str, Any]:
+    """Hyper-parameters saved under names genlab has since renamed, under today's names:
+    ``update`` -> ``update_rule`` (GANs), ``d_hidden`` -> ``critic_hidden_sizes`` (AAE),
+    ``hidden`` -> ``hidden_sizes`` (NICE) or ``channels`` and ``dense_hidden`` ->
+    ``hidden_sizes`` (RealNVP, Glow), and in net specs ``hidden`` -> ``hidden_sizes``
+    (MLP) or ``hidden_width`` (Conv)."""
+    hp = dict(hp)
+    name = family.rpartition(".")[2]
+    renames = {"update": "update_rule", "d_hidden": "critic_hidden_sizes"}
+    if name == "NICE":
+        renames["hidden"] = "hidden_sizes"
+    elif name in ("RealNVP", "Glow") or "dense_hidden" in hp:
+        renames.update(hidden="channels", dense_hidden="hidden_sizes")
+    for old, new in renames.items():
+        if old in hp and new not in hp:
+            hp[new] = hp.pop(old)
+    net = hp.get("net")
+    if isinstance(net, dict) and "hidden" in net:
+        net = dict(net)
+        conv = str(net.get("arch", "")).endswith("Conv")
+        net["hidden_width" if conv else "hidden_sizes"] = net.pop("hidden")
+        hp["net"] = net
+    return hp
+
+
+def migrated(ckpt: dict[str, Any], path: str | Path) -> str | Path | io.BytesIO:
+    """``path`` itself, or (a checkpoint with renamed hyper-parameters) the checkpoint
+    with today's names, in memory, for ``load_from_checkpoint``."""
+    hp = ckpt.get("hyper_parameters")
+    if not isinstance(hp, dict):
+        return path
+    new = migrate_hparams(hp, str(ckpt.get(FAMILY_KEY, "")))
+    if new == hp:
+        return path
+    log.info("%s: mapping renamed hyper-parameters %s", path, sorted(set(hp) - set(new)))
+    buf = io.BytesIO()
+    torch.save({**ckpt, "hyper_parameters": new}, buf)
+    buf.seek(0)
+    return buf
 
 
 def describe_mismatch(model: torch.nn.Module, ckpt: dict[str, Any]) -> str | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 
 class GenlabError(Exception):
-    """Base class: the command-line entry point prints these as a single line."""
+    """Base class: the command-line entry points print these as a single line
+    (``genlab: <label>: <message>``) and exit with ``exit_code``."""
+
+    label = "error"
+    exit_code = 2
 
 
 class ConfigError(GenlabError, ValueError):
@@ -21,27 +23,14 @@ class DivergenceError(GenlabError, RuntimeError):
     """The loss became NaN or infinite during training."""
 
 
-def require_positive(owner: str, **values: float | int | Iterable[int] | None) -> None:
-    """Raise ConfigError unless every given value (or every item of a list) is > 0.
+class RunInterrupted(GenlabError):
+    """Ctrl-C or SIGTERM stopped a run; the message says where its last checkpoint is."""
 
-    ``owner`` is the config prefix the user would override, e.g. ``"model"``.
-    """
-    for name, value in values.items():
-        items = list(value) if isinstance(value, (list, tuple)) else [value]
-        for v in items:
-            if v is None or not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                raise ConfigError(
-                    f"{owner}.{name} must be a positive number, got {value!r}: "
-                    f"set {owner}.{name}=<value > 0>"
-                )
+    label = "interrupted"
 
-
-def require_choice(owner: str, name: str, value: object, choices: Iterable[object]) -> None:
-    """Raise ConfigError unless ``value`` is one of ``choices``."""
-    choices = list(choices)
-    if value not in choices:
-        options = "|".join(str(c) for c in choices)
-        raise ConfigError(f"{owner}.{name}={value!r} is not one of {options}")
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def require_images(setting: str, data_shape: tuple[int, ...]) -> None:

@@ -1,11 +1,13 @@
-"""``python eval.py ckpt_path=<ckpt> [key=value ...]``: full test metrics of a checkpoint.
+"""``python eval.py ckpt_path=<ckpt or run folder> [key=value ...]``: full test metrics.
 
 Reads the run's ``.hydra/config.yaml`` (two folders up from the checkpoint), applies the
-``key=value`` overrides, rebuilds the data, loads the model without Hydra and runs the
-test split with every score that applies: ELBO and IWAE NLL (k=5000 unless overridden)
-for VAEs, log-likelihood and bits/dim for flows, FID / KID with ``metrics.n_test`` samples,
-probes. Writes ``metrics.json`` and sample / reconstruction / interpolation grids to
-``<checkpoint dir>/eval_<checkpoint name>/`` and prints a table.
+``key=value`` overrides, checks them like a training run, rebuilds the data, loads the
+model without Hydra and runs the test split through the model's test step (its
+``batch_metrics(..., full=True)``: ELBO and IWAE NLL with k=5000 unless overridden for
+VAEs, log-likelihood and bits/dim for flows) plus every score that applies (FID / KID
+with ``metrics.n_test`` samples, probes). Writes ``metrics.json`` and the same image
+grids the training callbacks draw to ``<checkpoint dir>/eval_<checkpoint name>/`` and
+prints a table. Every problem with the inputs stops it with one line.
 """
 
 from __future__ import annotations
@@ -19,18 +21,31 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
-from torchvision.utils import make_grid, save_image
+from omegaconf.errors import OmegaConfBaseException
+from torchvision.utils import save_image
 
-from genlab.callbacks import SampleScores, interpolation_grid
+from genlab.callbacks import ImageGrids, LatentTools, SampleScores
 from genlab.checkpoints import read_checkpoint
-from genlab.errors import ConfigError, GenlabError
+from genlab.checks import check_config, check_writable, import_target
+from genlab.errors import CheckpointError, ConfigError, GenlabError
 
 log = logging.getLogger(__name__)
 
 EVAL_DEFAULTS = {"iwae_samples": 5000}  # model hyper-parameters raised for the final numbers
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's ``checkpoints/best.ckpt`` (else ``last.ckpt``)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (p / "checkpoints" / name).is_file():
+                return p / "checkpoints" / name
+        raise ConfigError(f"ckpt_path={str(path)!r} is a folder without checkpoints/*.ckpt")
+    if not p.is_file():
+        raise ConfigError(f"ckpt_path={str(path)!r} is not a file")
+    return p
 
 
 def load_run_config(ckpt: Path, overrides: list[str]) -> DictConfig:
@@ -41,11 +56,25 @@ def load_run_config(ckpt: Path, overrides: list[str]) -> DictConfig:
             f"no run config at {path}: eval.py needs a checkpoint inside a genlab run folder "
             "(<run>/checkpoints/<name>.ckpt)"
         )
-    cfg = OmegaConf.load(path)
-    bad = [o for o in overrides if "=" not in o]
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the run config {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - YAML syntax errors come in several types
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"the run config {path} is not valid YAML ({first})") from None
+    if not isinstance(cfg, DictConfig) or not all(
+        OmegaConf.select(cfg, k) for k in ("model._target_", "data._target_")
+    ):
+        raise ConfigError(f"{path} is not a genlab run config (no model._target_ / data._target_)")
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"overrides must be key=value, got {bad[0]!r}")
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"cannot apply the overrides {overrides}: {first}") from None
     cfg.paths.output_dir = str(ckpt.resolve().parent)
     return cfg
 
@@ -68,50 +97,57 @@ def scores_callback(cfg: DictConfig) -> SampleScores:
     )
 
 
-@torch.no_grad()
-def grids(model: pl.LightningModule, x_raw: torch.Tensor, n: int = 64) -> dict[str, torch.Tensor]:
-    """Samples, reconstructions (originals / reconstructions in alternating rows) and
-    latent interpolations between pairs of test images (8 pairs x 8 steps)."""
-    to_image = getattr(model, "to_image", lambda x: x.clamp(0, 1))
-    g = torch.Generator(device=model.device).manual_seed(0)
-    out = {"samples": make_grid(to_image(model.sample(n, generator=g)).float(), nrow=8)}
-    x = model.preprocess(x_raw[:16].to(model.device), g)
-    if hasattr(model, "reconstruct"):
-        r = model.reconstruct(x)
-        rows = torch.stack([x.view(2, 8, *x.shape[1:]), r.view(2, 8, *r.shape[1:])], 1)
-        out["reconstructions"] = make_grid(to_image(rows.flatten(0, 2)).float(), nrow=8)
-    if hasattr(model, "encode"):
-        out["interpolations"] = interpolation_grid(model, x, n_steps=8)
-    return out
+def image_callbacks(cfg: DictConfig) -> tuple[ImageGrids, LatentTools]:
+    """The run's image callbacks (their settings), or the defaults: eval.py draws with
+    the same code and settings as the run."""
+    from genlab.train import build
+
+    callbacks = cfg.get("callbacks") or {}
+    grids = callbacks.get("image_grids")
+    views = callbacks.get("latent_tools")
+    return (
+        build(grids, "callbacks.image_grids") if grids else ImageGrids(),
+        build(views, "callbacks.latent_tools") if views else LatentTools(),
+    )
 
 
 def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Test metrics of a checkpoint; writes metrics.json and grids; returns the metrics."""
-    from genlab.train import _tidy_console, build
+    from genlab.train import _tidy_console, build, family_config
 
-    ckpt = Path(ckpt_path)
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt_path={str(ckpt)!r} is not a file")
+    ckpt = find_checkpoint(ckpt_path)
     overrides = list(overrides or [])
     cfg = load_run_config(ckpt, overrides)
+    check_config(cfg)
+    out_dir = ckpt.resolve().parent / f"eval_{ckpt.stem}"
+    check_writable(out_dir, "eval output folder")
+    saved = read_checkpoint(ckpt)  # weights_only loading; one line when unreadable
+    if "state_dict" not in saved:
+        raise CheckpointError(f"{ckpt} is not a Lightning checkpoint (it has no state_dict)")
     _tidy_console()
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = build(cfg.data, "data")
-    cls = get_class(cfg.model._target_)
+    cls = import_target(cfg.model._target_)
     # Hyper-parameters given on the command line win, then the evaluation defaults.
     given = {o.split("=", 1)[0].removeprefix("model."): None for o in overrides}
-    hparams = {k: cfg.model[k] for k in given if k in cfg.model}
-    saved = read_checkpoint(ckpt).get("hyper_parameters", {})  # weights_only loading
-    hparams.update({k: v for k, v in EVAL_DEFAULTS.items() if k in saved and k not in hparams})
-    model = cls.load_from_checkpoint(ckpt, map_location="cpu", **hparams)
+    model_cfg = OmegaConf.to_container(family_config(cfg.model), resolve=True)
+    hparams = {k: model_cfg[k] for k in given if k in model_cfg}
+    hp_saved = saved.get("hyper_parameters", {})
+    hparams.update({k: v for k, v in EVAL_DEFAULTS.items() if k in hp_saved and k not in hparams})
+    try:
+        model = cls.load_from_checkpoint(ckpt, map_location="cpu", **hparams)
+    except GenlabError:
+        raise
+    except (RuntimeError, KeyError, TypeError) as e:  # weights that don't fit the class
+        first = str(e).splitlines()[0]
+        raise CheckpointError(f"{ckpt} does not load as {cls.__name__}: {first}") from None
 
-    callbacks = [scores_callback(cfg)]
     trainer = pl.Trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),
         devices=1,
         precision=cfg.trainer.get("precision", 32),
         logger=False,
-        callbacks=callbacks,
+        callbacks=[scores_callback(cfg)],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -119,14 +155,13 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None) -> dict[
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    out_dir = ckpt.resolve().parent / f"eval_{ckpt.stem}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    images: list[str] = []
-    if len(getattr(model, "data_shape", ())) == 3:
-        model.eval()
-        for name, grid in grids(model, datamodule.splits["test"][0]).items():
-            save_image(grid, out_dir / f"{name}.png")
-            images.append(f"{name}.png")
+    images = []
+    grids, views = image_callbacks(cfg)
+    x_test, y_test = datamodule.splits["test"]
+    drawn = {**grids.draw(model, x_test), **views.draw(model, x_test, y_test)}
+    for name, grid in drawn.items():
+        save_image(grid, out_dir / f"{name}.png")
+        images.append(f"{name}.png")
     record = {
         "checkpoint": str(ckpt.resolve()),
         "model": cfg.model._target_,
@@ -134,7 +169,7 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None) -> dict[
         "overrides": overrides,
         "hparams": {k: model.hparams[k] for k in hparams},
         "metrics": dict(sorted(metrics.items())),
-        "images": images,
+        "images": sorted(images),
     }
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     print(table(metrics, out_dir))
@@ -150,16 +185,28 @@ def table(metrics: dict[str, float], out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+USAGE = "usage: python eval.py ckpt_path=<run>/checkpoints/<name>.ckpt (or <run>) [key=value ...]"
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python eval.py ckpt_path=<ckpt> [key=value ...]``."""
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    if args in (["-h"], ["--help"]):
+        print(USAGE)
+        sys.exit(0)
     ckpt = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
-    if not ckpt or args in (["-h"], ["--help"]):
-        print("usage: python eval.py ckpt_path=<run>/checkpoints/<name>.ckpt [key=value ...]")
-        sys.exit(0 if ckpt or args else 2)
+    if not ckpt:
+        print(f"genlab: error: no ckpt_path=...; {USAGE}", file=sys.stderr)
+        sys.exit(2)
     try:
-        evaluate(ckpt[0], [a for a in args if not a.startswith("ckpt_path=")])
+        evaluate(ckpt[-1], [a for a in args if not a.startswith("ckpt_path=")])
     except GenlabError as e:
-        print(f"genlab: error: {e}", file=sys.stderr)
+        print(f"genlab: {e.label}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("genlab: interrupted: Ctrl-C stopped the evaluation", file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:  # a folder that became unwritable, a full disk
+        print(f"genlab: error: {e.strerror or e}: {getattr(e, 'filename', '')}", file=sys.stderr)
         sys.exit(2)

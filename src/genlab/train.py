@@ -1,4 +1,4 @@
-"""train(cfg): seed -> data -> model -> callbacks/loggers -> trainer -> fit -> test.
+"""train(cfg): check -> seed -> data -> model -> callbacks/loggers -> trainer -> fit -> test.
 
 Every ``hydra.utils.instantiate`` call of the project is in this file.
 """
@@ -20,9 +20,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from genlab._lightning import undo_nvml_cuda_check
+from genlab.callbacks import SampleScores
 from genlab.checkpoints import AtomicCheckpointIO, check_resume, resolve_resume
+from genlab.checks import RUNNER_KEYS, check_config, check_writable
 from genlab.distributed import JobDDPStrategy, write_job_config
-from genlab.errors import ConfigError, GenlabError
+from genlab.errors import ConfigError, GenlabError, RunInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +51,6 @@ class _NoTips(logging.Filter):
         return not str(record.msg).startswith("💡 Tip")
 
 
-def _fast_cuda_check(cfg: DictConfig) -> None:
-    """Undo Lightning's PYTORCH_NVML_BASED_CUDA_CHECK=1 unless the user set it or forks.
-
-    Lightning sets it so forked DataLoader workers never inherit an initialised CUDA.
-    genlab forks no workers; with the variable set, each torch.cuda.is_available() call
-    (several per optimiser step) reloads NVML, 40+ us each on a machine without a GPU.
-    """
-    import genlab
-
-    strategy = str(cfg.trainer.get("strategy", ""))
-    if genlab.USER_NVML_CHECK is None and "fork" not in strategy and "notebook" not in strategy:
-        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-
-
 def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
     """instantiate() with one clear error line instead of Hydra's wrapped traceback."""
     try:
@@ -74,13 +63,68 @@ def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
         raise ConfigError(f"cannot build {where}: {detail}") from None
 
 
+def family_config(model: DictConfig) -> DictConfig:
+    """The model node without the keys the runner reads (``monitor``, ``monitor_mode``):
+    what the family's constructor takes."""
+    if not any(k in model for k in RUNNER_KEYS):
+        return model
+    node = OmegaConf.create(OmegaConf.to_container(model, resolve=True))
+    for k in RUNNER_KEYS:
+        node.pop(k, None)
+    return node
+
+
+def build_model(node: DictConfig, data_shape: tuple[int, ...], num_classes: int) -> Any:
+    """The family a model config names, sized for the data (the one data-to-model link)."""
+    return build(
+        family_config(node),
+        "model",
+        data_shape=tuple(data_shape),
+        num_classes=num_classes,
+        _convert_="all",  # plain dicts/lists in hparams: checkpoints load without Hydra
+    )
+
+
+def check_selection(cfg: DictConfig, model: pl.LightningModule) -> None:
+    """A best-checkpoint metric from the sample scores needs them to run during
+    validation, for this model: one line now instead of an error after an epoch."""
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    monitor = node.get("monitor") if node else None
+    scores = ("val/fid", "val/kid", "val/cond_acc")
+    if monitor not in scores:
+        return
+    raw = str(node._get_node("monitor")._value())
+    key = "model.monitor" if "model.monitor" in raw else "callbacks.model_checkpoint.monitor"
+    fix = f"set {key}=val/loss, or {key}=null (best.ckpt: the last epoch)"
+    sample_scores = (cfg.get("callbacks") or {}).get("sample_scores")
+    if not sample_scores:
+        raise ConfigError(f"{key}={monitor} needs callbacks.sample_scores, which is off: {fix}")
+    if sample_scores.get("every_n_epochs", 5) == 0:
+        raise ConfigError(
+            f"{key}={monitor} needs scores during validation, but metrics.every_n_epochs=0 "
+            f"(only at test): set metrics.every_n_epochs=1, or {fix}"
+        )
+    if not SampleScores.applies(model):
+        shape = tuple(getattr(model, "data_shape", ()))
+        raise ConfigError(
+            f"{key}={monitor} needs image data and a model that samples (here: data of "
+            f"shape {shape}, {type(model).__name__}): {fix}"
+        )
+    if monitor == "val/cond_acc" and not hasattr(model, "sample_conditional"):
+        raise ConfigError(f"{key}=val/cond_acc needs a conditional model: {fix}")
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit (and test) the configured model.
 
     Returns the final metrics and the objects built (datamodule, model, trainer).
     """
+    check_config(cfg)  # every typed setting, before anything is built
+    check_writable(cfg.paths.output_dir, "paths.output_dir")
+    if (cfg.get("callbacks") or {}).get("sample_scores"):
+        check_writable(cfg.callbacks.sample_scores.cache_dir, "metrics.cache_dir")
     _tidy_console()
-    _fast_cuda_check(cfg)
+    undo_nvml_cuda_check(str(cfg.trainer.get("strategy", "")))
     if cfg.get("matmul_precision") and torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.matmul_precision)  # TF32 on GPUs
     pl.seed_everything(cfg.seed, workers=True)
@@ -92,13 +136,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     _set_sweep_group(cfg)
 
     datamodule = build(cfg.data, "data")
-    model = build(
-        cfg.model,
-        "model",
-        data_shape=datamodule.data_shape,
-        num_classes=datamodule.num_classes,
-        _convert_="all",  # plain dicts/lists in hparams: checkpoints load without Hydra
-    )
+    model = build_model(cfg.model, datamodule.data_shape, datamodule.num_classes)
+    check_selection(cfg, model)
     # This family, these shapes (one line otherwise); the step the logs continue from.
     resume_step = check_resume(model, ckpt_path) if ckpt_path else None
     callbacks = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
@@ -130,12 +169,30 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
             metrics.update(_scalars(trainer.callback_metrics))
         failed = False
+    except SystemExit as e:  # Lightning's graceful stop on Ctrl-C (exit 1) or SIGTERM
+        if not trainer.interrupted:
+            raise
+        raise _interrupted(trainer, e) from None
     finally:
+        for lg in loggers:
+            if hasattr(lg, "finish"):
+                lg.finish(failed)  # W&B: one run per trial of a sweep
         if isinstance(strategy, JobDDPStrategy):
             strategy.finish(failed)  # the next trial of a sweep starts a fresh process group
     if trainer.is_global_zero:
         log.info(summary(trainer, metrics))
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def _interrupted(trainer: pl.Trainer, e: SystemExit) -> RunInterrupted:
+    sigterm = type(e).__name__ == "SIGTERMException"
+    ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+    where = f"last checkpoint: {ckpt}; resume with ckpt_path=last" if ckpt else "no checkpoint"
+    return RunInterrupted(
+        f"{'SIGTERM' if sigterm else 'Ctrl-C'} stopped the run at epoch {trainer.current_epoch}, "
+        f"step {trainer.global_step} ({where})",
+        exit_code=143 if sigterm else 130,
+    )
 
 
 def _set_sweep_group(cfg: DictConfig) -> None:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from genlab.errors import require_choice, require_positive
+from genlab.checks import PositiveInt, Seed, check_args
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-BINARIZE = (None, "static", "threshold")
+Binarize = Literal["static", "threshold"] | None
 
 
 class TensorBatches:
@@ -83,15 +84,14 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
-        binarize: str | None = None,
-        split_seed: int = 0,
-        shuffle_seed: int = 0,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt = 1000,
+        binarize: Binarize = None,
+        split_seed: Seed = 0,
+        shuffle_seed: Seed = 0,
     ) -> None:
+        check_args(type(self), locals(), "data")
         super().__init__()
-        require_positive("data", batch_size=batch_size, eval_batch_size=eval_batch_size)
-        require_choice("data", "binarize", binarize, BINARIZE)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.binarize = binarize

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from genlab.data.base import InMemoryDataModule
+from genlab.checks import PositiveInt, Seed
+from genlab.data.base import Binarize, InMemoryDataModule
 
 
 class Digits(InMemoryDataModule):
@@ -20,11 +21,11 @@ class Digits(InMemoryDataModule):
 
     def __init__(
         self,
-        batch_size: int = 128,
-        eval_batch_size: int = 512,
-        binarize: str | None = None,
-        split_seed: int = 0,
-        shuffle_seed: int = 0,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt = 512,
+        binarize: Binarize = None,
+        split_seed: Seed = 0,
+        shuffle_seed: Seed = 0,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, binarize, split_seed, shuffle_seed)
 

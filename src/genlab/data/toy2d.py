@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from genlab.checks import PositiveInt, Seed, check_args
 from genlab.data.base import InMemoryDataModule
-from genlab.errors import ConfigError, require_choice, require_positive
+from genlab.errors import ConfigError
 
 
 def _moons(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -62,18 +64,17 @@ class Toy2D(InMemoryDataModule):
 
     def __init__(
         self,
-        name: str = "moons",
-        n_train: int = 20000,
-        n_val: int = 2000,
-        n_test: int = 2000,
-        batch_size: int = 256,
-        eval_batch_size: int = 2000,
+        name: Literal["moons", "eight_gaussians", "checkerboard", "rings"] = "moons",
+        n_train: PositiveInt = 20000,
+        n_val: PositiveInt = 2000,
+        n_test: PositiveInt = 2000,
+        batch_size: PositiveInt = 256,
+        eval_batch_size: PositiveInt = 2000,
         binarize: str | None = None,
-        split_seed: int = 0,
-        shuffle_seed: int = 0,
+        split_seed: Seed = 0,
+        shuffle_seed: Seed = 0,
     ) -> None:
-        require_choice("data", "name", name, SHAPES)
-        require_positive("data", n_train=n_train, n_val=n_val, n_test=n_test)
+        check_args(type(self), locals(), "data")
         if binarize is not None:
             raise ConfigError(f"data=toy2d is continuous: set data.binarize=null, not {binarize!r}")
         super().__init__(batch_size, eval_batch_size, None, split_seed, shuffle_seed)

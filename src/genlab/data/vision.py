@@ -15,8 +15,9 @@ import torch
 import torchvision
 from torch import Tensor
 
-from genlab.data.base import InMemoryDataModule, split_off
-from genlab.errors import ConfigError, DataNotFoundError, require_positive
+from genlab.checks import PositiveInt, Seed, check_args
+from genlab.data.base import Binarize, InMemoryDataModule, split_off
+from genlab.errors import ConfigError, DataNotFoundError
 
 
 class TorchvisionData(InMemoryDataModule):
@@ -30,15 +31,15 @@ class TorchvisionData(InMemoryDataModule):
         self,
         data_dir: str = "data",
         download: bool = True,
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
-        val_size: int = 10000,
-        binarize: str | None = None,
-        split_seed: int = 0,
-        shuffle_seed: int = 0,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt = 1000,
+        val_size: PositiveInt = 10000,
+        binarize: Binarize = None,
+        split_seed: Seed = 0,
+        shuffle_seed: Seed = 0,
     ) -> None:
+        check_args(type(self), locals(), "data")
         super().__init__(batch_size, eval_batch_size, binarize, split_seed, shuffle_seed)
-        require_positive("data", val_size=val_size)
         if val_size >= self.train_size:
             raise ConfigError(
                 f"data.val_size={val_size} leaves no training data: "
@@ -130,5 +131,5 @@ class CIFAR10(TorchvisionData):
     data_shape = (3, 32, 32)
     num_classes = 10
 
-    def __init__(self, *args: Any, val_size: int = 5000, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, val_size: PositiveInt = 5000, **kwargs: Any) -> None:
         super().__init__(*args, val_size=val_size, **kwargs)

@@ -160,9 +160,19 @@ def data_key(datamodule) -> str:
 
 
 def get_feature_net(datamodule, cache_dir: str | Path, epochs: int = 5) -> tuple[FeatureNet, dict]:
-    """The cached feature net of this data set; trains (and caches) it when missing,
-    saying so in one log line."""
+    """The cached feature net of this data set; trains (and caches) it when missing or
+    unreadable (a truncated file, another shape), saying so in one log line."""
     path = cache_path(cache_dir, data_key(datamodule))
+    if path.exists():
+        try:
+            net, record = load_feature_net(path)
+            if tuple(record["data_shape"]) == tuple(datamodule.data_shape):
+                return net, record
+            problem = f"it is for data of shape {tuple(record['data_shape'])}"
+        except Exception as e:  # noqa: BLE001 - any unreadable cache is retrained
+            problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log.warning(f"Feature network cache {path} is unusable ({problem}): training a new one")
+        path.unlink(missing_ok=True)
     if not path.exists():
         datamodule.setup()
         log.info(

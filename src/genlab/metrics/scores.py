@@ -94,9 +94,12 @@ def real_features(
 ) -> Tensor:
     """Features of the real images x, read from / written to ``cache_file``."""
     if cache_file is not None and cache_file.exists():
-        feats = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if feats.shape[0] == x.shape[0]:
-            return feats
+        try:
+            feats = torch.load(cache_file, map_location="cpu", weights_only=True)
+            if isinstance(feats, Tensor) and feats.shape[0] == x.shape[0]:
+                return feats
+        except Exception:  # noqa: BLE001 - a truncated or foreign cache: recompute it
+            log.warning(f"Real-feature cache {cache_file} is unreadable: recomputing it")
     feats = extract(extractor, x, batch_size).cpu()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Adversarial auto-encoder (Makhzani et al. 2015), MODELS.md §7.
+"""Adversarial auto-encoder (Makhzani et al. 2015); docs/models.md#aae.
 
 An auto-encoder x -> z = E(x) -> logits G(z) whose aggregate posterior is matched to the
 prior N(0, I) by a GAN on the latent space: D tells prior draws z ~ N(0, I) (the "real"
@@ -6,9 +6,10 @@ side) from codes E(x) (the "fake" side). The encoder and decoder minimise
 
     recon + adv_weight * L_G(D(E(x))),   recon = sum over pixels BCE(G(E(x)), x)
 
-(nats per image for binary data), D minimises its GAN loss; any ``model.loss`` and
-either ``model.update`` work as for the GAN. ``{split}/recon`` is also ``{split}/loss``:
-a real model-selection criterion, unlike a GAN's critic gap.
+(a cross-entropy summed over pixels, against grey targets in [0, 1]), D minimises its
+GAN loss; any ``model.loss`` and either ``model.update_rule`` work as for the GAN.
+``{split}/recon`` is also ``{split}/loss``; checkpoints are chosen by ``val/fid`` (the
+model is a sampler: recon ignores how well the codes match the prior).
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.errors import require_images, require_positive
+from genlab.checks import (
+    NetSpec,
+    NonNegativeFloat,
+    OptimizerName,
+    PositiveFloat,
+    PositiveInt,
+    check_args,
+)
+from genlab.errors import require_images
 from genlab.models.common import UnitImageCodec
-from genlab.models.gan import GAN
+from genlab.models.gan import GAN, Betas, Loss, UpdateRule
 from genlab.nn import MLP, Conv
 
 
@@ -32,24 +41,24 @@ class AAE(UnitImageCodec, GAN):
         self,
         data_shape: Sequence[int],
         num_classes: int = 0,
-        latent_dim: int = 8,
-        net: dict | None = None,
-        loss: str = "nonsaturating",
-        update: str = "alternating",
-        n_critic: int = 1,
-        gp_weight: float = 10.0,
-        lr_g: float = 1e-3,
-        lr_d: float = 1e-3,
-        betas: Sequence[float] = (0.5, 0.999),
-        optimizer: str = "Adam",
-        weight_decay: float = 0.0,
-        d_hidden: Sequence[int] = (512, 512),
-        adv_weight: float = 1.0,
+        latent_dim: PositiveInt = 8,
+        net: NetSpec | None = None,
+        loss: Loss = "nonsaturating",
+        update_rule: UpdateRule = "alternating",
+        n_critic: PositiveInt = 1,
+        gp_weight: NonNegativeFloat = 10.0,
+        lr_g: PositiveFloat = 1e-3,
+        lr_d: PositiveFloat = 1e-3,
+        betas: Betas = (0.5, 0.999),
+        optimizer: OptimizerName = "Adam",
+        weight_decay: NonNegativeFloat = 0.0,
+        critic_hidden_sizes: Sequence[PositiveInt] = (512, 512),
+        adv_weight: PositiveFloat = 1.0,
     ) -> None:
+        check_args(type(self), locals(), "model")
         require_images("model=aae", tuple(data_shape))
-        require_positive("model", d_hidden=list(d_hidden), adv_weight=adv_weight)
         super().__init__(
-            data_shape, num_classes, latent_dim, net, loss, update, n_critic, gp_weight,
+            data_shape, num_classes, latent_dim, net, loss, update_rule, n_critic, gp_weight,
             lr_g, lr_d, betas, optimizer, weight_decay,
         )  # fmt: skip
 
@@ -57,7 +66,7 @@ class AAE(UnitImageCodec, GAN):
         d = self.hparams.latent_dim
         self.encoder = nets.encoder(self.data_shape, d)
         self.decoder = nets.decoder(d, self.data_shape)  # -> logits
-        latent_mlp = MLP(self.hparams.d_hidden, activation="LeakyReLU")
+        latent_mlp = MLP(self.hparams.critic_hidden_sizes, activation="LeakyReLU")
         self.discriminator = latent_mlp.encoder((d,), 1)
 
     def g_parameters(self) -> list[nn.Parameter]:
@@ -90,13 +99,17 @@ class AAE(UnitImageCodec, GAN):
         recon = self.recon(real, d_fake).mean()
         return {"g_loss": recon + self.hparams.adv_weight * adv, "recon": recon.detach()}
 
-    def _train_values(self, t: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
-        values = super()._train_values(t, with_g)
+    def train_values(self, t: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
+        values = super().train_values(t, with_g)
         if with_g:
             self._last_recon = t["recon"]
-        values["train/recon"] = getattr(self, "_last_recon", torch.zeros((), device=self.device))
+        values["recon"] = getattr(self, "_last_recon", torch.zeros((), device=self.device))
         return values
 
-    def eval_extras(self, real: Tensor, z: Tensor, split: str) -> dict[str, Tensor]:
-        recon = self.recon(real, self.encoder(real)).mean()
-        return {f"{split}/recon": recon, f"{split}/loss": recon}
+    @torch.no_grad()
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """The latent GAN's critic_gap, and recon (also ``loss``): BCE summed over pixels."""
+        out = super().batch_metrics(batch, batch_idx, full)
+        real, _ = self.eval_inputs(batch, batch_idx)
+        out["recon"] = out["loss"] = self.recon(real, self.encoder(real)).mean()
+        return out

@@ -1,7 +1,9 @@
-"""Deterministic auto-encoder, MODELS.md §1.
+"""Deterministic auto-encoder; docs/models.md#ae.
 
 recon = sum over pixels of the reconstruction error, averaged over the batch:
     mse: ||x - G(E(x))||^2        bce: -sum [x log x' + (1 - x) log(1 - x')]
+Inputs are grey values in [0, 1] (not binarised), so bce is a cross-entropy against soft
+targets, not the nats of a likelihood (its minimum is the targets' entropy, not 0).
 With ``linear=True`` and mse, the optimum spans the top-d principal subspace of the
 centred data, so its error converges to (and never beats) the truncated SVD's.
 Sampling decodes codes drawn from a Gaussian fitted to the validation codes.
@@ -11,20 +13,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.errors import require_choice, require_images, require_positive
-from genlab.metrics import LatentMoments
-from genlab.models.common import (
-    GenlabModule,
-    StepMetrics,
-    UnitImageCodec,
-    check_optimizer,
-    make_optimizer,
+from genlab.checks import (
+    NetSpec,
+    NonNegativeFloat,
+    OptimizerName,
+    PositiveFloat,
+    PositiveInt,
+    check_args,
 )
+from genlab.data.transforms import eval_generator
+from genlab.errors import require_images
+from genlab.metrics import LatentMoments
+from genlab.models.common import GenlabModule, UnitImageCodec, make_optimizer
 from genlab.nn import build_net
 
 
@@ -35,18 +41,16 @@ class AE(UnitImageCodec, GenlabModule):
         self,
         data_shape: Sequence[int],
         num_classes: int = 0,
-        latent_dim: int = 16,
-        net: dict | None = None,
-        loss: str = "bce",
+        latent_dim: PositiveInt = 16,
+        net: NetSpec | None = None,
+        loss: Literal["bce", "mse"] = "bce",
         linear: bool = False,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        optimizer: str = "Adam",
+        lr: PositiveFloat = 1e-3,
+        weight_decay: NonNegativeFloat = 0.0,
+        optimizer: OptimizerName = "Adam",
     ) -> None:
+        check_args(type(self), locals(), "model")
         super().__init__()
-        require_positive("model", latent_dim=latent_dim)
-        require_choice("model", "loss", loss, ["bce", "mse"])
-        check_optimizer(optimizer, lr, weight_decay)
         self.save_hyperparameters(logger=False)
         self.data_shape = tuple(data_shape)
         if loss == "bce":
@@ -63,7 +67,6 @@ class AE(UnitImageCodec, GenlabModule):
         self.register_buffer("code_mean", torch.zeros(latent_dim))
         self.register_buffer("code_cov", torch.eye(latent_dim))
         self.moments = LatentMoments(latent_dim)
-        self.step_metrics = StepMetrics()
 
     def mean(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out) if self.hparams.loss == "bce" else out
@@ -94,31 +97,28 @@ class AE(UnitImageCodec, GenlabModule):
         std = self.code_cov.diagonal().clamp_min(0).sqrt()
         return self.code_mean + std * torch.distributions.Normal(0.0, 1.0).icdf(u)[:, None]
 
-    def _step(self, batch, split: str) -> tuple[Tensor, Tensor]:
-        x = self.preprocess(batch[0])
-        z = self.encode(x)
-        recon = self.recon_error(x, self.decode(z)).mean()
-        values = {f"{split}/loss": recon, f"{split}/recon": recon}
-        if split == "train":
-            self.step_metrics(self, values)
-        else:
-            self.log_dict(values, batch_size=x.shape[0], sync_dist=True)
-        return recon, z
-
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")[0]
+        x = self.preprocess(batch[0])
+        recon = self.recon_error(x, self.decode(self.encode(x))).mean()
+        self.log_train({"loss": recon, "recon": recon})
+        return recon
+
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """recon (= loss): the reconstruction error summed over pixels, per image."""
+        x = self.preprocess(batch[0], eval_generator(batch[0].device, batch_idx))
+        recon = self.recon_error(x, self.decode(self.encode(x))).mean()
+        return {"loss": recon, "recon": recon}
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.moments.update(self._step(batch, "val")[1])
+        super().validation_step(batch, batch_idx)
+        # The codes of the validation set, for the Gaussian that sample() draws from.
+        self.moments.update(self.encode(self.preprocess(batch[0])))
 
     def on_validation_epoch_end(self) -> None:
         mean, cov = self.moments.compute()
         self.moments.reset()
         self.code_mean.copy_(mean.float())
         self.code_cov.copy_(cov.float())
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         h = self.hparams

@@ -1,4 +1,4 @@
-"""ALI / BiGAN (Dumoulin et al. 2016; Donahue et al. 2016), MODELS.md §7.
+"""ALI / BiGAN (Dumoulin et al. 2016; Donahue et al. 2016); docs/models.md#ali.
 
 An encoder E: x -> z and a generator G: z -> x are trained against one joint critic
 D(x, z) that tells data pairs (x, z ~ q(z|x)) from model pairs (G(z), z ~ N(0, I)). D
@@ -19,12 +19,21 @@ one mean image) while the deterministic one learned to invert G; hence the defau
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
-from genlab.errors import ConfigError
-from genlab.models.gan import GAN
+from genlab.checks import (
+    NetSpec,
+    NonNegativeFloat,
+    OptimizerName,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    check_args,
+)
+from genlab.models.gan import GAN, Betas, Loss, UpdateRule
 from genlab.nn import MLP, Conv
 
 
@@ -54,28 +63,24 @@ class ALI(GAN):
         self,
         data_shape: Sequence[int],
         num_classes: int = 0,
-        latent_dim: int = 64,
-        net: dict | None = None,
-        loss: str = "wgan_gp",
-        update: str = "alternating",
-        n_critic: int = 5,
-        gp_weight: float = 10.0,
-        lr_g: float = 1e-4,
-        lr_d: float = 1e-4,
-        betas: Sequence[float] = (0.0, 0.9),
-        optimizer: str = "Adam",
-        weight_decay: float = 0.0,
-        critic_width: int = 512,
-        dropout: float = 0.0,
+        latent_dim: PositiveInt = 64,
+        net: NetSpec | None = None,
+        loss: Loss = "wgan_gp",
+        update_rule: UpdateRule = "alternating",
+        n_critic: PositiveInt = 5,
+        gp_weight: NonNegativeFloat = 10.0,
+        lr_g: PositiveFloat = 1e-4,
+        lr_d: PositiveFloat = 1e-4,
+        betas: Betas = (0.0, 0.9),
+        optimizer: OptimizerName = "Adam",
+        weight_decay: NonNegativeFloat = 0.0,
+        critic_width: PositiveInt = 512,
+        dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0,
         stochastic_encoder: bool = False,
     ) -> None:
-        if not 0 <= dropout < 1 or critic_width < 1:
-            raise ConfigError(
-                f"model.dropout must be in [0, 1) and model.critic_width >= 1, "
-                f"got {dropout!r} and {critic_width!r}"
-            )
+        check_args(type(self), locals(), "model")
         super().__init__(
-            data_shape, num_classes, latent_dim, net, loss, update, n_critic, gp_weight,
+            data_shape, num_classes, latent_dim, net, loss, update_rule, n_critic, gp_weight,
             lr_g, lr_d, betas, optimizer, weight_decay,
         )  # fmt: skip
 
@@ -116,7 +121,11 @@ class ALI(GAN):
         s_real = self.score(self.discriminate(d_real, frozen=True))
         return {"g_loss": self.fool(s_fake, as_real=True) + self.fool(s_real, as_real=False)}
 
-    def eval_extras(self, real: Tensor, z: Tensor, split: str) -> dict[str, Tensor]:
-        """``{split}/recon_mse``: mean squared error of G(E(x)) per pixel, in [-1, 1]."""
-        err = (self.reconstruct(real) - real).pow(2).mean()
-        return {f"{split}/recon_mse": err}
+    @torch.no_grad()
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """The joint critic's critic_gap, and recon_mse: the mean squared error of G(E(x))
+        per pixel, images in [-1, 1]."""
+        out = super().batch_metrics(batch, batch_idx, full)
+        real, _ = self.eval_inputs(batch, batch_idx)
+        out["recon_mse"] = (self.reconstruct(real) - real).pow(2).mean()
+        return out

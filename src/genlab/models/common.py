@@ -1,5 +1,6 @@
-"""Pieces several families share: optimiser construction, hyper-parameter checks,
-step-metric logging and the pixel likelihoods of the latent-variable models."""
+"""Pieces several families share: the base class and its evaluation contract,
+optimiser construction, step-metric logging and the pixel likelihoods of the
+latent-variable models."""
 
 from __future__ import annotations
 
@@ -11,16 +12,53 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from genlab._lightning import step_logs_due
 from genlab.data.transforms import binarize, to_unit
-from genlab.errors import ConfigError, require_positive
+from genlab.errors import ConfigError
 from genlab.metrics import bernoulli_log_likelihood, gaussian_log_likelihood
 
 
 class GenlabModule(pl.LightningModule):
-    """Base of every family: checkpoints say which family wrote them, and
-    ``load_from_checkpoint`` loads safely (``weights_only``) and refuses another
-    family's checkpoint with one line instead of a state-dict traceback."""
+    """Base of every family.
 
+    The evaluation contract: ``batch_metrics(batch, batch_idx, full=False)`` returns the
+    held-out metrics of one batch, ``{name: batch mean}``. ``validation_step`` logs them
+    as ``val/<name>``, ``test_step`` as ``test/<name>`` with ``full=True`` (which adds
+    the costly test-time estimates, e.g. the IWAE bound), ``callbacks=test_curve`` as
+    ``curve/test_<name>``, and ``eval.py`` runs the test step. ``training_step`` logs its
+    terms with :meth:`log_train` (``train/<name>``, averaged over each logging window).
+
+    Checkpoints say which family wrote them, and ``load_from_checkpoint`` loads safely
+    (``weights_only``), maps renamed hyper-parameters of older checkpoints, and refuses
+    another family's checkpoint with one line instead of a state-dict traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_window = StepMetrics()
+
+    # ---- evaluation: one method, every caller -------------------------------------------
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """Held-out metrics of one batch: {name: batch mean} (nats per image, bits/dim,
+        ...); evaluation noise comes from generators seeded by ``batch_idx``."""
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log_eval("val", self.batch_metrics(batch, batch_idx), batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.log_eval("test", self.batch_metrics(batch, batch_idx, full=True), batch)
+
+    def log_eval(self, split: str, metrics: dict[str, Tensor], batch) -> None:
+        """Epoch means of held-out metrics, weighted by batch size, reduced across ranks."""
+        values = {f"{split}/{k}": v for k, v in metrics.items()}
+        self.log_dict(values, batch_size=batch[0].shape[0], sync_dist=True)
+
+    def log_train(self, values: dict[str, Tensor]) -> None:
+        """Training terms as ``train/<name>``: means over each logging window."""
+        self.train_window(self, {f"train/{k}": v for k, v in values.items()})
+
+    # ---- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from genlab.checkpoints import FAMILY_KEY, family_of
 
@@ -28,25 +66,14 @@ class GenlabModule(pl.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):  # noqa: D102
-        from genlab.checkpoints import check_family, read_checkpoint
+        from genlab.checkpoints import check_family, migrated, read_checkpoint
 
         if isinstance(checkpoint_path, (str, os.PathLike)):
-            check_family(read_checkpoint(checkpoint_path), cls, checkpoint_path)
+            ckpt = read_checkpoint(checkpoint_path)
+            check_family(ckpt, cls, checkpoint_path)
+            checkpoint_path = migrated(ckpt, checkpoint_path)
         kwargs.setdefault("weights_only", True)
         return super().load_from_checkpoint(checkpoint_path, map_location, **kwargs)
-
-
-def check_optimizer(name: str, lr: float, weight_decay: float) -> None:
-    """Fail before training on an unknown optimiser or non-positive learning rate."""
-    require_positive("model", lr=lr)
-    if weight_decay < 0:
-        raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay!r}")
-    cls = getattr(torch.optim, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ConfigError(
-            f"model.optimizer={name!r} is not a torch.optim optimiser: "
-            "use e.g. Adam, AdamW, SGD, RMSprop"
-        )
 
 
 def make_optimizer(
@@ -86,9 +113,7 @@ class StepMetrics:
             self.keys, self.total, self.count = list(values), torch.zeros_like(v), 0
         self.total.add_(v)
         self.count += 1
-        trainer = module.trainer
-        # Lightning's own test for "step metrics go to the loggers after this step".
-        if trainer.fast_dev_run or trainer._logger_connector.should_update_logs:
+        if step_logs_due(module.trainer):
             means = self.total / self.count
             for i, k in enumerate(self.keys):
                 module.log(k, means[i], on_step=True, on_epoch=False, batch_size=1)

@@ -1,4 +1,4 @@
-"""Conditional VAE with class priors (MODELS.md §3): one learned prior mean per class.
+"""Conditional VAE with class priors (docs/models.md#cvae): one learned prior mean per class.
 
 Only the prior changes from the VAE: p(z | y) = N(mu_y, I), so
 
@@ -13,20 +13,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from genlab.errors import require_positive
+from genlab.checks import NonNegativeFloat, check_args
+from genlab.errors import ConfigError
 from genlab.models.vae import VAE
 
 
 class CVAE(VAE):
     """A VAE whose prior mean is learned per class (labels come with every batch)."""
 
-    def __init__(self, *args, class_mean_init: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args, class_mean_init: NonNegativeFloat = 1.0, **kwargs) -> None:
+        check_args(type(self), {"class_mean_init": class_mean_init}, "model")
         super().__init__(*args, **kwargs)
-        require_positive("data", num_classes=self.hparams.num_classes)
+        if self.hparams.num_classes < 1:
+            raise ConfigError("model=cvae needs labelled data (data.num_classes >= 1)")
         self.hparams["class_mean_init"] = class_mean_init  # saved: reloads without Hydra
         # (classes, d) drawn from N(0, init^2): distinct from the start, so the encoder is
         # pulled towards a separate region per class at once (from zeros, the means part
-        # only as fast as the encoder learns the classes by itself; MODELS.md §3).
+        # only as fast as the encoder learns the classes by itself).
         g = torch.Generator().manual_seed(0)
         init = torch.randn(self.hparams.num_classes, self.hparams.latent_dim, generator=g)
         self.class_means = nn.Parameter(class_mean_init * init)

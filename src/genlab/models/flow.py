@@ -1,4 +1,4 @@
-"""Normalizing flows (MODELS.md §5-6): NICE, RealNVP and Glow on one exact-likelihood base.
+"""Normalizing flows (docs/models.md#flows): NICE, RealNVP and Glow on one exact-likelihood base.
 
     log p(x) = log p_H(f(x)) + log|det df/dx|          (nats per example)
 
@@ -9,19 +9,30 @@ Images (uint8) are dequantised on the device, x = (pixel + u) / 256 in [0, 1], a
     {split}/loss   = -loglik                            the trained objective
 
 Continuous vector data (``data=toy2d``) is modelled as it is: loglik and loss only.
+``self.flow`` maps data to latent in ``forward`` and back in ``inverse`` (genlab.nn.flows;
+the opposite of normflows' convention).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from genlab.checks import (
+    ActivationName,
+    NonNegativeFloat,
+    OptimizerName,
+    PositiveFloat,
+    PositiveInt,
+    check_args,
+)
 from genlab.data.transforms import dequantize, eval_generator
-from genlab.errors import ConfigError, require_positive
-from genlab.models.common import GenlabModule, StepMetrics, check_optimizer, make_optimizer
+from genlab.errors import ConfigError
+from genlab.models.common import GenlabModule, make_optimizer
 from genlab.nn.flows import (
     ActNorm,
     Coupling,
@@ -49,21 +60,18 @@ class Flow(GenlabModule):
         self,
         data_shape: Sequence[int],
         num_classes: int = 0,
-        prior: str = "gaussian",
-        lr: float = 1e-3,
-        lr_final: float | None = None,
-        weight_decay: float = 0.0,
-        optimizer: str = "Adam",
+        prior: Literal["gaussian", "logistic"] = "gaussian",
+        lr: PositiveFloat = 1e-3,
+        lr_final: PositiveFloat | None = None,
+        weight_decay: NonNegativeFloat = 0.0,
+        optimizer: OptimizerName = "Adam",
         optimizer_kwargs: dict | None = None,
     ) -> None:
+        check_args(type(self), locals(), "model")
         super().__init__()
-        check_optimizer(optimizer, lr, weight_decay)
-        if lr_final is not None:
-            require_positive("model", lr_final=lr_final)
         self.data_shape = tuple(data_shape)
         self.dim = math.prod(self.data_shape)
         self.prior = Prior(prior)
-        self.step_metrics = StepMetrics()
 
     def build_flow(self) -> FlowLayer:
         raise NotImplementedError
@@ -91,7 +99,7 @@ class Flow(GenlabModule):
         return self.flow.inverse(h)[0].view(n, *self.data_shape)
 
     def bits_per_dim(self, loglik: Tensor) -> Tensor:
-        """bpd of 8-bit data from log p of its dequantised [0, 1] version (MODELS.md §5)."""
+        """bpd of 8-bit data from log p of its dequantised [0, 1] version (docs/models.md#flows)."""
         return (-loglik + self.dim * math.log(256)) / (self.dim * math.log(2))
 
     # ---- Lightning --------------------------------------------------------------------
@@ -104,34 +112,23 @@ class Flow(GenlabModule):
             with torch.no_grad():
                 self.flow(self.preprocess(x_raw))
 
-    def batch_metrics(self, batch, batch_idx: int, train: bool = False) -> dict[str, Tensor]:
-        """loss, loglik (and bpd for 8-bit data), each the mean over the batch. Evaluation
-        draws its dequantisation noise from a generator seeded by the batch index."""
-        x_raw = batch[0]
-        g = None if train else eval_generator(x_raw.device, batch_idx)
-        ll = self.log_prob(self.preprocess(x_raw, g))  # (B,)
+    def _metrics(self, x_raw: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """loss, loglik (and bpd for 8-bit data), each the mean over the batch."""
+        ll = self.log_prob(self.preprocess(x_raw, generator))  # (B,)
         out = {"loss": -ll.mean(), "loglik": ll.mean()}
         if x_raw.dtype == torch.uint8:
             out["bpd"] = self.bits_per_dim(ll).mean()
         return out
 
-    def _step(self, batch, batch_idx: int, split: str) -> Tensor:
-        m = self.batch_metrics(batch, batch_idx, train=split == "train")
-        values = {f"{split}/{k}": v for k, v in m.items()}
-        if split == "train":
-            self.step_metrics(self, values)
-        else:
-            self.log_dict(values, batch_size=batch[0].shape[0], sync_dist=True)
-        return m["loss"]
-
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, batch_idx, "train")
+        values = self._metrics(batch[0], None)
+        self.log_train(values)
+        return values["loss"]
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, batch_idx, "test")
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """loss (= -loglik), loglik (nats per example), bpd (8-bit data); the
+        dequantisation noise comes from a generator seeded by the batch index."""
+        return self._metrics(batch[0], eval_generator(batch[0].device, batch_idx))
 
     def configure_optimizers(self):
         h = self.hparams
@@ -149,32 +146,33 @@ class Flow(GenlabModule):
 
 class NICE(Flow):
     """NICE (Dinh et al. 2014): additive couplings on alternating odd/even halves of the
-    flattened data, each conditioner a ReLU MLP, then a diagonal scaling (MODELS.md §5)."""
+    flattened data, each conditioner a ReLU MLP, then a diagonal scaling
+    (docs/models.md#nice)."""
 
     def __init__(
         self,
         data_shape: Sequence[int],
         num_classes: int = 0,
-        couplings: int = 4,
-        hidden: Sequence[int] = (1000,) * 5,
-        activation: str = "ReLU",
-        prior: str = "logistic",
-        lr: float = 1e-3,
-        lr_final: float | None = None,
-        weight_decay: float = 0.0,
-        optimizer: str = "Adam",
+        couplings: PositiveInt = 4,
+        hidden_sizes: Sequence[PositiveInt] = (1000,) * 5,
+        activation: ActivationName = "ReLU",
+        prior: Literal["gaussian", "logistic"] = "logistic",
+        lr: PositiveFloat = 1e-3,
+        lr_final: PositiveFloat | None = None,
+        weight_decay: NonNegativeFloat = 0.0,
+        optimizer: OptimizerName = "Adam",
         optimizer_kwargs: dict | None = None,
     ) -> None:
+        check_args(type(self), locals(), "model")
         super().__init__(
             data_shape, num_classes, prior, lr, lr_final, weight_decay, optimizer, optimizer_kwargs
         )
-        require_positive("model", couplings=couplings, hidden=list(hidden))
         self.save_hyperparameters(logger=False)
         self.flow = self.build_flow()
 
     def build_flow(self) -> FlowLayer:
         h = self.hparams
-        net = mlp_net(list(h.hidden), h.activation)
+        net = mlp_net(list(h.hidden_sizes), h.activation)
         layers: list[FlowLayer] = [Reshape(self.data_shape, (self.dim,))]
         layers += [Coupling(self.dim, i % 2, net) for i in range(h.couplings)]
         layers.append(DiagonalScaling(self.dim))
@@ -192,27 +190,25 @@ class _AffineFlow(Flow):
         self,
         data_shape: Sequence[int],
         num_classes: int = 0,
-        levels: int = 2,
-        steps: int = 4,
-        hidden: int = 64,
-        dense_hidden: Sequence[int] = (128, 128),
-        mixing: str | None = None,
-        scale: str | None = None,
+        levels: PositiveInt = 2,
+        steps: PositiveInt = 4,
+        channels: PositiveInt = 64,
+        hidden_sizes: Sequence[PositiveInt] = (128, 128),
+        mixing: Literal["none", "reverse", "invconv", "explowrank"] | None = None,
+        scale: Literal["tanh", "sigmoid"] | None = None,
         actnorm: bool = True,
-        prior: str = "gaussian",
-        lr: float = 1e-3,
-        lr_final: float | None = None,
-        weight_decay: float = 0.0,
-        optimizer: str = "Adam",
+        prior: Literal["gaussian", "logistic"] = "gaussian",
+        lr: PositiveFloat = 1e-3,
+        lr_final: PositiveFloat | None = None,
+        weight_decay: NonNegativeFloat = 0.0,
+        optimizer: OptimizerName = "Adam",
         optimizer_kwargs: dict | None = None,
     ) -> None:
+        check_args(type(self), locals(), "model")
         super().__init__(
             data_shape, num_classes, prior, lr, lr_final, weight_decay, optimizer, optimizer_kwargs
         )
-        require_positive("model", levels=levels, steps=steps, hidden=hidden)
         mixing = mixing or self.default_mixing
-        if mixing not in MIXING:
-            raise ConfigError(f"model.mixing={mixing!r} is not one of {'|'.join(MIXING)}")
         self.save_hyperparameters(logger=False)
         self.mixing = mixing
         self.scale = scale or self.default_scale
@@ -236,10 +232,10 @@ class _AffineFlow(Flow):
         h = self.hparams
         if len(self.data_shape) == 3:
             return MultiScale(
-                self.data_shape, h.levels, lambda c: self._steps(c, conv_net(h.hidden))
+                self.data_shape, h.levels, lambda c: self._steps(c, conv_net(h.channels))
             )
         if len(self.data_shape) == 1:
-            return self._steps(self.dim, mlp_net(list(h.dense_hidden), zero_init=True))
+            return self._steps(self.dim, mlp_net(list(h.hidden_sizes), zero_init=True))
         raise ConfigError(
             f"model={type(self).__name__.lower()} takes images (C, H, W) or vectors (D,), "
             f"not data of shape {self.data_shape}"

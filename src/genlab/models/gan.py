@@ -1,4 +1,4 @@
-"""GANs (MODELS.md §7): WGAN-GP, hinge and non-saturating losses; alternating or
+"""GANs (docs/models.md#gans): WGAN-GP, hinge and non-saturating losses; alternating or
 single-step (stop-gradient) updates.
 
 Images live in [-1, 1] (the generator ends in tanh); 2-D data (``data=toy2d``, with
@@ -11,8 +11,8 @@ Images live in [-1, 1] (the generator ends in tanh); 2-D data (``data=toy2d``, w
     nonsaturating:  L_D = mean softplus(-s(real)) + mean softplus(s(fake))
                     L_G = mean softplus(-s(fake))
 
-``update=alternating``: a D step on every batch and a G step on every ``n_critic``-th one
-(two backward passes). ``update=single_step``: one loss L_D(x, sg(G(z))) + L_G(sg(D), G(z))
+``update_rule=alternating``: a D step on every batch and a G step on every ``n_critic``-th
+one (two backward passes). ``update_rule=single_step``: one loss L_D(x, sg(G(z))) + L_G(sg(D), G(z))
 in which each network sees the other only through stop-gradient (sg(D) is D evaluated
 with detached parameters), so one backward pass gives both networks the gradients of
 their own objective and both optimisers step (the G term is included every
@@ -22,19 +22,28 @@ their own objective and both optimisers step (the G term is included every
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from genlab.checks import (
+    NetSpec,
+    NonNegativeFloat,
+    OptimizerName,
+    PositiveFloat,
+    PositiveInt,
+    check_args,
+)
 from genlab.data.transforms import eval_generator, to_symmetric
-from genlab.errors import ConfigError, require_choice, require_positive
-from genlab.models.common import GenlabModule, StepMetrics, check_optimizer, make_optimizer
+from genlab.models.common import GenlabModule, make_optimizer
 from genlab.nn import MLP, Conv, build_net
 
-LOSSES = ["wgan_gp", "hinge", "nonsaturating"]
+Loss = Literal["wgan_gp", "hinge", "nonsaturating"]
+UpdateRule = Literal["alternating", "single_step"]
+Betas = tuple[NonNegativeFloat, NonNegativeFloat]
 
 
 class GAN(GenlabModule):
@@ -44,32 +53,25 @@ class GAN(GenlabModule):
         self,
         data_shape: Sequence[int],
         num_classes: int = 0,
-        latent_dim: int = 64,
-        net: dict | None = None,
-        loss: str = "wgan_gp",
-        update: str = "alternating",
-        n_critic: int = 1,
-        gp_weight: float = 10.0,
-        lr_g: float = 2e-4,
-        lr_d: float = 2e-4,
-        betas: Sequence[float] = (0.5, 0.999),
-        optimizer: str = "Adam",
-        weight_decay: float = 0.0,
+        latent_dim: PositiveInt = 64,
+        net: NetSpec | None = None,
+        loss: Loss = "wgan_gp",
+        update_rule: UpdateRule = "alternating",
+        n_critic: PositiveInt = 1,
+        gp_weight: NonNegativeFloat = 10.0,
+        lr_g: PositiveFloat = 2e-4,
+        lr_d: PositiveFloat = 2e-4,
+        betas: Betas = (0.5, 0.999),
+        optimizer: OptimizerName = "Adam",
+        weight_decay: NonNegativeFloat = 0.0,
     ) -> None:
+        check_args(type(self), locals(), "model")
         super().__init__()
-        require_positive("model", latent_dim=latent_dim, n_critic=n_critic)
-        require_choice("model", "loss", loss, LOSSES)
-        require_choice("model", "update", update, ["alternating", "single_step"])
-        if gp_weight < 0:
-            raise ConfigError(f"model.gp_weight must be >= 0, got {gp_weight!r}")
-        check_optimizer(optimizer, lr_g, weight_decay)
-        check_optimizer(optimizer, lr_d, weight_decay)
         self.save_hyperparameters(logger=False)
         self.data_shape = tuple(data_shape)
         self.images = len(self.data_shape) == 3
         self.automatic_optimization = False  # two optimisers, stepped by hand
         self.build_networks(build_net(net))
-        self.step_metrics = StepMetrics()
 
     def build_networks(self, nets: MLP | Conv) -> None:
         """G: z -> x and D: x -> critic_dim outputs (subclasses add an encoder)."""
@@ -197,7 +199,7 @@ class GAN(GenlabModule):
         real = self.preprocess(batch[0])
         z = self.noise(real.shape[0])
         with_g = batch_idx % self.hparams.n_critic == 0
-        if self.hparams["update"] == "single_step":  # (.update is dict.update)
+        if self.hparams.update_rule == "single_step":
             t = self.single_step_loss(real, z, with_g)
             opt_d.zero_grad(set_to_none=True)
             opt_g.zero_grad(set_to_none=True)
@@ -219,47 +221,38 @@ class GAN(GenlabModule):
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(t["g_loss"])
                 opt_g.step()
-        self.step_metrics(self, self._train_values(t, with_g))
+        self.log_train(self.train_values(t, with_g))
         return t["d_loss"].detach()
 
-    def _train_values(self, t: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
-        # A fixed key set per run (StepMetrics windows): g_loss repeats its last value
-        # on critic-only batches.
+    def train_values(self, t: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
+        """The terms to log from a training step's terms ``t``. A fixed key set per run
+        (the logging windows average them): g_loss repeats its last value on critic-only
+        batches."""
         if with_g:
             self._last_g = t["g_loss"].detach()
         keys = ["d_loss", "critic_gap", "gp", "z_corr"]
-        values = {f"train/{k}": t[k].detach() for k in keys if k in t}
-        values["train/g_loss"] = getattr(self, "_last_g", torch.zeros((), device=self.device))
+        values = {k: t[k].detach() for k in keys if k in t}
+        values["g_loss"] = getattr(self, "_last_g", torch.zeros((), device=self.device))
         return values
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval(batch, batch_idx, "test")
+    def eval_inputs(self, batch, batch_idx: int) -> tuple[Tensor, Tensor]:
+        """A held-out batch in model space and its fixed noise z (seeded by the index)."""
+        real = self.preprocess(batch[0])
+        return real, self.noise(real.shape[0], eval_generator(real.device, batch_idx))
 
     @torch.no_grad()
-    def _eval(self, batch, batch_idx: int, split: str) -> None:
-        """``{split}/critic_gap`` = mean D(real side) - mean D(fake side) on held-out
-        images with fixed noise, also logged as ``{split}/loss``: the critic's estimate
-        of how far the samples are from the data (a Wasserstein estimate for wgan_gp).
-        A progress signal, not a model-selection criterion: use ``val/fid``."""
-        real = self.preprocess(batch[0])
-        g = eval_generator(real.device, batch_idx)
-        z = self.noise(real.shape[0], g)
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """critic_gap = mean D(real side) - mean D(fake side) on held-out images with fixed
+        noise, also as ``loss``: the critic's estimate of how far the samples are from the
+        data (a Wasserstein estimate for wgan_gp). A progress signal, not a selection
+        criterion (checkpoints are chosen by val/fid)."""
+        real, z = self.eval_inputs(batch, batch_idx)
         d_real, d_fake = self.d_inputs(real, z)
         gap = (
             self.score(self.discriminate(d_real)).mean()
             - self.score(self.discriminate(d_fake)).mean()
         )
-        values = {f"{split}/critic_gap": gap, f"{split}/loss": gap}
-        values.update(self.eval_extras(real, z, split))
-        self.log_dict(values, batch_size=real.shape[0], sync_dist=True)
-
-    def eval_extras(self, real: Tensor, z: Tensor, split: str) -> dict[str, Tensor]:
-        """More held-out metrics of a subclass (O-GAN: z_corr; AAE: recon, which
-        replaces ``{split}/loss``)."""
-        return {}
+        return {"critic_gap": gap, "loss": gap}
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         h = self.hparams

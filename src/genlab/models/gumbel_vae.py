@@ -1,4 +1,5 @@
-"""Discrete-latent VAE: N categorical variables with K categories each (MODELS.md §4).
+"""Discrete-latent VAE: N categorical variables with K categories each
+(docs/models.md#categorical-vae).
 
 q(z|x) = prod_n Cat(z_n; softmax(logits_n)), p(z) uniform, one-hot codes z: (B, N, K).
 All terms are nats per image (sums over pixels and latents, means over the batch):
@@ -31,27 +32,30 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genlab.data.transforms import eval_generator
-from genlab.errors import ConfigError, require_choice, require_images, require_positive
-from genlab.metrics import categorical_kl_uniform, importance_weighted_bound, log_categorical
-from genlab.models.common import (
-    GenlabModule,
-    PixelLikelihood,
-    StepMetrics,
-    check_optimizer,
-    make_optimizer,
+from genlab.checks import (
+    NetSpec,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OptimizerName,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    check_args,
 )
+from genlab.data.transforms import eval_generator
+from genlab.errors import ConfigError, require_images
+from genlab.metrics import categorical_kl_uniform, importance_weighted_bound, log_categorical
+from genlab.models.common import GenlabModule, PixelLikelihood, make_optimizer
 from genlab.nn import build_net
 from genlab.nn.categorical import gumbel_softmax, sample_one_hot, steps_to_floor, temperature
 
 log = logging.getLogger(__name__)
-
-ESTIMATORS = ["gumbel", "st_gumbel", "reinforce"]
 
 
 class GumbelVAE(PixelLikelihood, GenlabModule):
@@ -61,50 +65,33 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
         self,
         data_shape: Sequence[int],
         num_classes: int = 0,
-        n_latents: int = 20,
-        n_categories: int = 10,
-        net: dict | None = None,
-        likelihood: str = "bernoulli",
-        sigma: float = 1.0,
+        n_latents: PositiveInt = 20,
+        n_categories: Annotated[int, Range(ge=2)] = 10,
+        net: NetSpec | None = None,
+        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+        sigma: PositiveFloat = 1.0,
         learn_sigma: bool = False,
-        estimator: str = "gumbel",
-        tau0: float = 1.0,
-        tau_min: float = 0.5,
-        tau_rate: float = 3e-5,
-        baseline_decay: float = 0.99,
-        grad_var_every: int = 500,
-        grad_var_samples: int = 16,
-        grad_var_batch: int = 100,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        optimizer: str = "Adam",
-        iwae_samples: int = 1000,
-        iwae_batch_rows: int = 16384,
+        estimator: Literal["gumbel", "st_gumbel", "reinforce"] = "gumbel",
+        tau0: PositiveFloat = 1.0,
+        tau_min: PositiveFloat = 0.5,
+        tau_rate: NonNegativeFloat = 3e-5,
+        baseline_decay: Annotated[float, Range(ge=0, lt=1)] = 0.99,
+        grad_var_every: NonNegativeInt = 500,
+        grad_var_samples: Annotated[int, Range(ge=2)] = 16,
+        grad_var_batch: PositiveInt = 100,
+        lr: PositiveFloat = 1e-3,
+        weight_decay: NonNegativeFloat = 0.0,
+        optimizer: OptimizerName = "Adam",
+        iwae_samples: PositiveInt = 1000,
+        iwae_batch_rows: PositiveInt = 16384,
     ) -> None:
-        super().__init__()
-        require_positive(
-            "model",
-            n_latents=n_latents,
-            sigma=sigma,
-            tau0=tau0,
-            tau_min=tau_min,
-            iwae_samples=iwae_samples,
-            iwae_batch_rows=iwae_batch_rows,
-            grad_var_samples=grad_var_samples,
-            grad_var_batch=grad_var_batch,
-        )
-        require_choice("model", "likelihood", likelihood, ["bernoulli", "gaussian"])
-        require_choice("model", "estimator", estimator, ESTIMATORS)
-        if not (isinstance(n_categories, int) and n_categories >= 2):
-            raise ConfigError(f"model.n_categories must be an integer >= 2, got {n_categories!r}")
-        if tau_rate < 0 or tau_min > tau0:
+        check_args(type(self), locals(), "model")
+        if tau_min > tau0:
             raise ConfigError(
-                f"model.tau_rate must be >= 0 and tau_min <= tau0, got tau_rate={tau_rate}, "
-                f"tau0={tau0}, tau_min={tau_min}"
+                f"model.tau_min={tau_min} is above model.tau0={tau0}: the temperature anneals "
+                "from tau0 down to tau_min"
             )
-        if not 0 <= baseline_decay < 1:
-            raise ConfigError(f"model.baseline_decay must be in [0, 1), got {baseline_decay!r}")
-        check_optimizer(optimizer, lr, weight_decay)
+        super().__init__()
         self.save_hyperparameters(logger=False)
         self.data_shape = tuple(data_shape)
         if likelihood == "bernoulli":
@@ -118,9 +105,7 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
         # moments), kept on the device and saved in checkpoints, so resuming keeps it.
         self.register_buffer("baseline_sum", torch.zeros(()))
         self.register_buffer("baseline_weight", torch.zeros(()))
-        self.step_metrics = StepMetrics()
         self.grad_var_batch: Tensor | None = None  # the fixed batch for train/grad_var
-        self.grad_var_history: list[tuple[int, float]] = []
 
     # ---- the model, as named stages ---------------------------------------------------
     def posterior_logits(self, x: Tensor) -> Tensor:
@@ -272,12 +257,12 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
             self.grad_var_batch = x[: h.grad_var_batch].detach().clone()
         t = self.objective(x, update_baseline=True)
         loss = (t["recon"] + t["kl"]).mean()
-        values = {"train/loss": loss, "train/recon": t["recon"].mean(), "train/kl": t["kl"].mean()}
+        values = {"loss": loss, "recon": t["recon"].mean(), "kl": t["kl"].mean()}
         if h.estimator != "gumbel":  # a discrete forward pass: an unbiased ELBO estimate
-            values["train/elbo"] = -loss
+            values["elbo"] = -loss
         if h.estimator != "reinforce":
-            values["train/tau"] = torch.full((), self.tau, device=loss.device)
-        self.step_metrics(self, values)
+            values["tau"] = torch.full((), self.tau, device=loss.device)
+        self.log_train(values)
         if h.grad_var_every > 0 and self.global_step % h.grad_var_every == 0:
             self._log_grad_var()
         return t["surrogate"].mean()
@@ -286,32 +271,25 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
         # Logged straight to the loggers: this step need not be a logging step.
         n = self.hparams.grad_var_samples
         value = float(self.encoder_grad_variance(self.grad_var_batch, n))
-        self.grad_var_history.append((self.global_step, value))
         for logger in self.loggers:
             logger.log_metrics({"train/grad_var": value}, step=self.global_step)
 
-    def _eval_terms(self, batch, batch_idx: int, split: str) -> tuple[Tensor, dict]:
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """loss (= -elbo), recon, kl, elbo with an exact one-hot sample; relaxed_loss (the
+        gumbel estimators' objective at the current tau, not a bound); with ``full`` also
+        nll_iwae (``iwae_samples`` exact samples). Nats per image."""
         g = eval_generator(batch[0].device, batch_idx)
         x = self.preprocess(batch[0], g)
         t = self.elbo(x, g)
-        t["loss"] = -t["elbo"]
-        values = {f"{split}/{k}": t[k].mean() for k in ("loss", "recon", "kl", "elbo")}
+        out = {k: t[k].mean() for k in ("recon", "kl", "elbo")}
+        out["loss"] = -out["elbo"]
         if self.hparams.estimator != "reinforce":
-            # The relaxed objective at the current tau (what the gumbel estimator trains):
-            # a different quantity from -elbo, and not a bound on -log p(x).
             r = self.objective(x, "gumbel", g)
-            values[f"{split}/relaxed_loss"] = (r["recon"] + r["kl"]).mean()
-        self.log_dict(values, batch_size=x.shape[0], sync_dist=True)
-        return x, t
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_terms(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        x, _ = self._eval_terms(batch, batch_idx, "test")
-        g = eval_generator(x.device, batch_idx, seed=4321)
-        ll = self.iwae_log_likelihood(x, self.hparams.iwae_samples, g)
-        self.log("test/nll_iwae", -ll.mean(), batch_size=ll.shape[0], sync_dist=True)
+            out["relaxed_loss"] = (r["recon"] + r["kl"]).mean()
+        if full:
+            g = eval_generator(x.device, batch_idx, seed=4321)
+            out["nll_iwae"] = -self.iwae_log_likelihood(x, self.hparams.iwae_samples, g).mean()
+        return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         h = self.hparams

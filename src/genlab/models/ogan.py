@@ -1,4 +1,4 @@
-"""O-GAN (Su 2019), MODELS.md §7: the critic doubles as an encoder.
+"""O-GAN (Su 2019; docs/models.md#o-gan): the critic doubles as an encoder.
 
 D outputs a code e = E(x) (B, latent_dim); the critic score is mean(e) over its entries.
 Both players also maximise rho(z, E(G(z))), the Pearson correlation between the entries
@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from genlab.checks import NonNegativeFloat, check_args
 from genlab.metrics import pearson
 from genlab.models.gan import GAN
 
@@ -24,7 +25,8 @@ from genlab.models.gan import GAN
 class OGAN(GAN):
     """A GAN whose critic is an encoder; logs ``{train,val}/z_corr``."""
 
-    def __init__(self, *args, corr_weight: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args, corr_weight: NonNegativeFloat = 1.0, **kwargs) -> None:
+        check_args(type(self), {"corr_weight": corr_weight}, "model")
         super().__init__(*args, **kwargs)
         self.hparams["corr_weight"] = corr_weight  # saved: reloads without Hydra
 
@@ -48,5 +50,10 @@ class OGAN(GAN):
         """G(E(x)): (B, *data_shape) in [-1, 1]."""
         return self.generator(self.encode(x))
 
-    def eval_extras(self, real: Tensor, z: Tensor, split: str) -> dict[str, Tensor]:
-        return {f"{split}/z_corr": pearson(z, self.discriminator(self.generator(z))).mean()}
+    @torch.no_grad()
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """The GAN's critic_gap and z_corr = corr(z, E(G(z))) with fixed noise."""
+        out = super().batch_metrics(batch, batch_idx, full)
+        _, z = self.eval_inputs(batch, batch_idx)
+        out["z_corr"] = pearson(z, self.discriminator(self.generator(z))).mean()
+        return out

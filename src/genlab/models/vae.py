@@ -1,4 +1,4 @@
-"""Variational auto-encoder (Kingma & Welling 2014), MODELS.md §2.
+"""Variational auto-encoder (Kingma & Welling 2014); docs/models.md#vae.
 
 All terms are sums over pixels / latent dims, averaged over the batch: nats per image.
     recon = -log p(x|z),  z = mu + sigma * eps        (one sample)
@@ -11,12 +11,21 @@ At test time: test/nll_iwae = -log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from genlab.checks import (
+    NetSpec,
+    NonNegativeFloat,
+    OptimizerName,
+    PositiveFloat,
+    PositiveInt,
+    check_args,
+)
 from genlab.data.transforms import eval_generator
-from genlab.errors import ConfigError, require_choice, require_images, require_positive
+from genlab.errors import require_images
 from genlab.metrics import (
     LatentMoments,
     active_units,
@@ -25,13 +34,7 @@ from genlab.metrics import (
     log_normal,
     log_standard_normal,
 )
-from genlab.models.common import (
-    GenlabModule,
-    PixelLikelihood,
-    StepMetrics,
-    check_optimizer,
-    make_optimizer,
-)
+from genlab.models.common import GenlabModule, PixelLikelihood, make_optimizer
 from genlab.nn import build_net
 
 
@@ -42,30 +45,20 @@ class VAE(PixelLikelihood, GenlabModule):
         self,
         data_shape: Sequence[int],
         num_classes: int = 0,
-        latent_dim: int = 16,
-        net: dict | None = None,
-        likelihood: str = "bernoulli",
-        sigma: float = 1.0,
+        latent_dim: PositiveInt = 16,
+        net: NetSpec | None = None,
+        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+        sigma: PositiveFloat = 1.0,
         learn_sigma: bool = False,
-        beta: float = 1.0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        optimizer: str = "Adam",
-        iwae_samples: int = 1000,
-        iwae_batch_rows: int = 16384,
+        beta: NonNegativeFloat = 1.0,
+        lr: PositiveFloat = 1e-3,
+        weight_decay: NonNegativeFloat = 0.0,
+        optimizer: OptimizerName = "Adam",
+        iwae_samples: PositiveInt = 1000,
+        iwae_batch_rows: PositiveInt = 16384,
     ) -> None:
+        check_args(type(self), locals(), "model")
         super().__init__()
-        require_positive(
-            "model",
-            latent_dim=latent_dim,
-            sigma=sigma,
-            iwae_samples=iwae_samples,
-            iwae_batch_rows=iwae_batch_rows,
-        )
-        require_choice("model", "likelihood", likelihood, ["bernoulli", "gaussian"])
-        if beta < 0:
-            raise ConfigError(f"model.beta must be >= 0, got {beta!r}")
-        check_optimizer(optimizer, lr, weight_decay)
         self.save_hyperparameters(logger=False)
         self.data_shape = tuple(data_shape)
         if likelihood == "bernoulli":
@@ -75,7 +68,6 @@ class VAE(PixelLikelihood, GenlabModule):
         self.decoder = nets.decoder(latent_dim, self.data_shape)  # -> logits or mean
         self.init_likelihood(sigma, learn_sigma)
         self.moments = LatentMoments(latent_dim)
-        self.step_metrics = StepMetrics()
 
     # ---- the model, as named stages ---------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -134,36 +126,37 @@ class VAE(PixelLikelihood, GenlabModule):
         return self.mean(self.decode(self.encode(x)[0]))
 
     # ---- Lightning --------------------------------------------------------------------
-    def _terms(self, batch, batch_idx: int, split: str) -> dict[str, Tensor]:
+    def training_step(self, batch, batch_idx: int) -> Tensor:
         x_raw, y = batch
-        g = None if split == "train" else eval_generator(x_raw.device, batch_idx)
+        t = self.elbo(self.preprocess(x_raw), None, y)
+        loss = (t["recon"] + self.hparams.beta * t["kl"]).mean()
+        self.log_train({"loss": loss, **{k: t[k].mean() for k in ("recon", "kl", "elbo")}})
+        return loss
+
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """loss (= recon + beta kl), recon, kl, elbo; with ``full`` also nll_iwae, the
+        importance-weighted bound with ``iwae_samples`` samples. Nats per image."""
+        x_raw, y = batch
+        g = eval_generator(x_raw.device, batch_idx)
         x = self.preprocess(x_raw, g)
         t = self.elbo(x, g, y)
-        t["x"], t["y"] = x, y
-        t["loss"] = (t["recon"] + self.hparams.beta * t["kl"]).mean()
-        values = {f"{split}/{k}": t[k].mean() for k in ("loss", "recon", "kl", "elbo")}
-        if split == "train":
-            self.step_metrics(self, values)
-        else:
-            self.log_dict(values, batch_size=x.shape[0], sync_dist=True)
-        return t
-
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._terms(batch, batch_idx, "train")["loss"]
+        out = {k: t[k].mean() for k in ("recon", "kl", "elbo")}
+        out["loss"] = (t["recon"] + self.hparams.beta * t["kl"]).mean()
+        if full:
+            g = eval_generator(x.device, batch_idx, seed=4321)
+            out["nll_iwae"] = -self.iwae_log_likelihood(x, self.hparams.iwae_samples, g, y).mean()
+        return out
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.moments.update(self._terms(batch, batch_idx, "val")["mu"])
+        super().validation_step(batch, batch_idx)
+        # Posterior means of the same (identically binarised) batch, for val/active_units.
+        x = self.preprocess(batch[0], eval_generator(batch[0].device, batch_idx))
+        self.moments.update(self.encode(x)[0])
 
     def on_validation_epoch_end(self) -> None:
         _, cov = self.moments.compute()
         self.moments.reset()
         self.log("val/active_units", active_units(cov).float(), sync_dist=False)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        t = self._terms(batch, batch_idx, "test")
-        g = eval_generator(t["x"].device, batch_idx, seed=4321)
-        ll = self.iwae_log_likelihood(t["x"], self.hparams.iwae_samples, g, t["y"])
-        self.log("test/nll_iwae", -ll.mean(), batch_size=ll.shape[0], sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         h = self.hparams

@@ -1,8 +1,9 @@
 """Network families shared by every model: each builds an encoder and a decoder.
 
 A model gets a plain dict ``net`` (from ``conf/model/net/*.yaml``), e.g.
-``{"arch": "genlab.nn.MLP", "hidden": [512, 256]}``, and calls ``build_net(net)`` to
-get a factory; ``arch`` is an import path, so new families of nets need no registry.
+``{"arch": "genlab.nn.MLP", "hidden_sizes": [512, 256]}``, and calls ``build_net(net)``
+to get a factory; ``arch`` is an import path, so new families of nets need no registry.
+Names: ``hidden_sizes`` is always a list of layer widths, ``hidden_width`` one width.
 
     encoder(in_shape, out_dim): (B, *in_shape) -> (B, out_dim)
     decoder(in_dim, out_shape): (B, in_dim)    -> (B, *out_shape)   (no output activation)
@@ -16,30 +17,27 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from genlab.errors import ConfigError, require_positive
+from genlab.checks import ActivationName, PositiveInt, check_args
+from genlab.errors import ConfigError
 
 
 def _activation(name: str) -> nn.Module:
-    cls = getattr(nn, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ConfigError(
-            f"model.net.activation={name!r} is not a torch.nn class: "
-            "use e.g. ReLU, LeakyReLU, ELU, SiLU"
-        )
-    return cls()
+    return getattr(nn, name)()
 
 
 class MLP:
     """Fully connected nets; the decoder mirrors the encoder's hidden sizes.
 
-    ``hidden=[]`` gives a single linear map each way.
+    ``hidden_sizes=[]`` gives a single linear map each way.
     """
 
-    def __init__(self, hidden: Sequence[int] = (512, 256), activation: str = "ReLU") -> None:
-        if len(hidden):
-            require_positive("model.net", hidden=list(hidden))
-        _activation(activation)  # fail early on a bad name
-        self.hidden = list(hidden)
+    def __init__(
+        self,
+        hidden_sizes: Sequence[PositiveInt] = (512, 256),
+        activation: ActivationName = "ReLU",
+    ) -> None:
+        check_args(type(self), locals(), "model.net")
+        self.hidden_sizes = list(hidden_sizes)
         self.activation = activation
 
     def _stack(self, sizes: list[int]) -> list[nn.Module]:
@@ -52,12 +50,12 @@ class MLP:
 
     def encoder(self, in_shape: Sequence[int], out_dim: int) -> nn.Module:
         d = math.prod(in_shape)
-        return nn.Sequential(nn.Flatten(), *self._stack([d, *self.hidden, out_dim]))
+        return nn.Sequential(nn.Flatten(), *self._stack([d, *self.hidden_sizes, out_dim]))
 
     def decoder(self, in_dim: int, out_shape: Sequence[int]) -> nn.Module:
         d = math.prod(out_shape)
         return nn.Sequential(
-            *self._stack([in_dim, *self.hidden[::-1], d]), nn.Unflatten(1, tuple(out_shape))
+            *self._stack([in_dim, *self.hidden_sizes[::-1], d]), nn.Unflatten(1, tuple(out_shape))
         )
 
 
@@ -65,16 +63,19 @@ class Conv:
     """DCGAN-style convolutional nets for images (C, H, W).
 
     Encoder: one 4x4 stride-2 conv per entry of ``channels`` (halving H and W), then a
-    hidden linear layer. The decoder mirrors it with transposed convolutions.
+    fully connected layer of ``hidden_width`` units. The decoder mirrors it with
+    transposed convolutions.
     """
 
     def __init__(
-        self, channels: Sequence[int] = (32, 64), hidden: int = 256, activation: str = "ReLU"
+        self,
+        channels: Sequence[PositiveInt] = (32, 64),
+        hidden_width: PositiveInt = 256,
+        activation: ActivationName = "ReLU",
     ) -> None:
-        require_positive("model.net", channels=list(channels), hidden=hidden)
-        _activation(activation)
+        check_args(type(self), locals(), "model.net")
         self.channels = list(channels)
-        self.hidden = hidden
+        self.hidden_width = hidden_width
         self.activation = activation
 
     def check(self, shape: Sequence[int]) -> tuple[int, int, int]:
@@ -96,17 +97,17 @@ class Conv:
         return nn.Sequential(
             *layers,
             nn.Flatten(),
-            nn.Linear(c * h * w, self.hidden),
+            nn.Linear(c * h * w, self.hidden_width),
             _activation(self.activation),
-            nn.Linear(self.hidden, out_dim),
+            nn.Linear(self.hidden_width, out_dim),
         )
 
     def decoder(self, in_dim: int, out_shape: Sequence[int]) -> nn.Module:
         c, h, w = self.check(out_shape)
         layers: list[nn.Module] = [
-            nn.Linear(in_dim, self.hidden),
+            nn.Linear(in_dim, self.hidden_width),
             _activation(self.activation),
-            nn.Linear(self.hidden, c * h * w),
+            nn.Linear(self.hidden_width, c * h * w),
             _activation(self.activation),
             nn.Unflatten(1, (c, h, w)),
         ]

@@ -1,0 +1,222 @@
+"""Score callbacks: FID / KID of samples, conditional accuracy and latent probes
+(:class:`SampleScores`, settings under ``metrics.*``), and learning curves on another
+split (:class:`SplitCurve`, ``callbacks=test_curve``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from genlab.callbacks.training import is_due
+from genlab.checks import NonNegativeInt, PositiveInt, Seed, check_args
+from genlab.errors import ConfigError
+
+
+class SampleScores(pl.Callback):
+    """FID / KID of samples, conditional accuracy and latent probes (``metrics.*``).
+
+    - ``val/fid``, ``val/kid``: ``n_val`` samples against ``n_val`` validation images,
+      every ``every_n_epochs`` epochs and after the last; ``test/fid``, ``test/kid``
+      with ``n_test`` at test time.
+    - ``{split}/cond_acc``: models with ``sample_conditional(labels, generator)``.
+    - ``test/linear_probe_acc``, ``test/knn_acc``: models with ``encode`` (frozen latents
+      of ``n_probe_train`` training images, scored on the test split).
+
+    Applies to models of images that can ``sample``; others are skipped silently.
+    Features come from genlab's per-data-set network (trained and cached on first use) or,
+    with ``features="inception"``, torchmetrics' Inception. The network lives here, frozen:
+    never in the optimiser or the model's checkpoint. Real features are cached per data
+    set, split, size and feature network. Under DDP the ranks share the FID / KID work
+    (features gathered across ranks); cond_acc and the probes run on rank 0.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str = "data/feature_nets",
+        features: Literal["genlab", "inception"] = "genlab",
+        every_n_epochs: NonNegativeInt = 5,
+        n_val: PositiveInt = 1000,
+        n_test: PositiveInt = 10000,
+        probes: bool = True,
+        n_probe_train: PositiveInt = 10000,
+        kid_subset_size: PositiveInt = 1000,
+        feature_epochs: PositiveInt = 5,
+        seed: Seed = 0,
+    ) -> None:
+        check_args(type(self), locals(), "metrics")
+        self.cache_dir = Path(cache_dir)
+        self.features = features
+        self.every_n_epochs = every_n_epochs
+        self.n = {"val": n_val, "test": n_test}
+        self.probes = probes
+        self.n_probe_train = n_probe_train
+        self.kid_subset_size = kid_subset_size
+        self.feature_epochs = feature_epochs
+        self.seed = seed
+        self.net = None  # the FeatureNet (its classifier head gives cond_acc)
+        self.metrics = None  # (FID, KID)
+        self.tag = ""
+        self.key = ""
+
+    @staticmethod
+    def applies(pl_module: nn.Module) -> bool:
+        """Images (C, H, W) and a sampler."""
+        return len(getattr(pl_module, "data_shape", ())) == 3 and hasattr(pl_module, "sample")
+
+    def metric_names(self, pl_module: nn.Module, split: str) -> set[str]:
+        """What this callback logs for ``pl_module`` on ``split``."""
+        if not self.applies(pl_module) or (split == "val" and self.every_n_epochs == 0):
+            return set()
+        names = {f"{split}/fid", f"{split}/kid"}
+        if hasattr(pl_module, "sample_conditional"):
+            names.add(f"{split}/cond_acc")
+        if split == "test" and self.probes and hasattr(pl_module, "encode"):
+            names |= {"test/linear_probe_acc", "test/knn_acc"}
+        return names
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.datamodule is not None and self.applies(pl_module):
+            self._setup(trainer, pl_module)  # the feature net is ready before any loop runs
+
+    def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.metrics is not None:
+            self.metrics = [m.to(pl_module.device) for m in self.metrics]
+            self.net.to(pl_module.device)
+            return
+        from genlab.metrics.features import data_key, get_feature_net
+        from genlab.metrics.scores import inception_extractor, make_fid_kid
+
+        self.net, record = get_feature_net(trainer.datamodule, self.cache_dir, self.feature_epochs)
+        if self.features == "inception":
+            extractor, self.tag = inception_extractor(), "inception"
+        else:
+            extractor, self.tag = self.net, f"genlab-{record['digest']}"
+        self.key = data_key(trainer.datamodule)
+        self.metrics = [
+            m.to(pl_module.device) for m in make_fid_kid(extractor, self.kid_subset_size)
+        ]
+        self.net.to(pl_module.device)
+
+    def _real(self, trainer: pl.Trainer, split: str, n: int) -> Tensor:
+        from genlab.metrics.scores import real_features
+
+        dm = trainer.datamodule
+        x = dm.splits[split][0][:n]
+        name = f"{self.key}_{self.tag}_{split}_seed{getattr(dm, 'split_seed', 0)}_n{x.shape[0]}.pt"
+        fid = self.metrics[0]
+        return real_features(fid.inception, x.to(fid.device), self.cache_dir / "stats" / name)
+
+    @torch.no_grad()
+    def scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict:
+        """Every score that applies to this model on ``split``: {"<split>/<name>": value}."""
+        from genlab.metrics.scores import (
+            classify,
+            encode_all,
+            fid_kid_of,
+            generate,
+            knn_acc,
+            linear_probe_acc,
+            set_real,
+        )
+
+        self._setup(trainer, pl_module)
+        dm = trainer.datamodule
+        was_training = pl_module.training
+        pl_module.eval()
+        out: dict[str, float] = {}
+        real = self._real(trainer, split, self.n[split])
+        n = real.shape[0]
+        # Under DDP each rank holds every world-th real feature and draws its share of the
+        # samples (its own noise); torchmetrics gathers the states in compute(), so the
+        # scores are of all n real and n generated images, and every rank gets them.
+        rank, world = trainer.global_rank, trainer.world_size
+        set_real(*self.metrics, real[rank::world])
+        fake = generate(pl_module, len(range(rank, n, world)), seed=self.seed + 7919 * rank)
+        s = fid_kid_of(*self.metrics, fake, n_total=n)
+        out[f"{split}/fid"], out[f"{split}/kid"] = s["fid"], s["kid"]
+        if not trainer.is_global_zero:  # the rest works on one process, without collectives
+            pl_module.train(was_training)
+            return out
+        if hasattr(pl_module, "sample_conditional"):
+            labels = torch.arange(n, device=pl_module.device) % dm.num_classes
+            g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+            imgs = pl_module.sample_conditional(labels, generator=g)
+            pred = classify(self.net, imgs.float().clamp(0, 1))
+            out[f"{split}/cond_acc"] = float((pred == labels).float().mean())
+        if split == "test" and self.probes and hasattr(pl_module, "encode"):
+            x_tr, y_tr = (t[: self.n_probe_train].to(pl_module.device) for t in dm.splits["train"])
+            x_te, y_te = (t.to(pl_module.device) for t in dm.splits["test"])
+            z_tr, z_te = encode_all(pl_module, x_tr), encode_all(pl_module, x_te)
+            out["test/linear_probe_acc"] = linear_probe_acc(z_tr, y_tr, z_te, y_te)
+            out["test/knn_acc"] = knn_acc(z_tr, y_tr, z_te, y_te)
+        pl_module.train(was_training)
+        return out
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.datamodule is None or not self.applies(pl_module):
+            return
+        if self.every_n_epochs > 0 and is_due(trainer, self.every_n_epochs):
+            self._log(pl_module, self.scores(trainer, pl_module, "val"))
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.datamodule is not None and self.applies(pl_module):
+            self._log(pl_module, self.scores(trainer, pl_module, "test"))
+
+    @staticmethod
+    def _log(pl_module: pl.LightningModule, values: dict[str, float]) -> None:
+        # FID / KID are equal on every rank (callbacks may monitor them on each); the
+        # one-process scores are logged by rank 0.
+        for k, v in values.items():
+            pl_module.log(k, v, rank_zero_only=not k.endswith(("/fid", "/kid")))
+
+
+class SplitCurve(pl.Callback):
+    """Evaluates another split (default: test) after validation every ``every_n_epochs``
+    epochs and logs ``curve/<split>_<metric>``: learning curves on the test set, as papers
+    plot them. Calls the model's ``batch_metrics(batch, batch_idx, full=full)``, the
+    method its validation and test steps use; ``full=True`` adds the test-time estimates
+    (the IWAE bound of VAEs), which cost much more.
+
+    One extra pass over the split per evaluation; off in the default callbacks.
+    """
+
+    def __init__(
+        self,
+        split: Literal["train", "val", "test"] = "test",
+        every_n_epochs: PositiveInt = 1,
+        full: bool = False,
+    ) -> None:
+        check_args(type(self), locals(), "callbacks.split_curve")
+        self.split = split
+        self.every_n_epochs = every_n_epochs
+        self.full = full
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not hasattr(pl_module, "batch_metrics"):
+            raise ConfigError(
+                f"callbacks.split_curve needs the model's batch_metrics(batch, batch_idx); "
+                f"{type(pl_module).__name__} has none: remove it (callbacks.split_curve=null)"
+            )
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        dm = trainer.datamodule
+        if dm is None:
+            return
+        loader = getattr(dm, f"{self.split}_dataloader")()
+        sums: dict[str, Tensor] = {}
+        n = 0
+        for i, batch in enumerate(loader):
+            batch = [t.to(pl_module.device) for t in batch]
+            b = batch[0].shape[0]
+            for k, v in pl_module.batch_metrics(batch, i, full=self.full).items():
+                sums[k] = sums.get(k, 0) + v * b  # on the device: one read-back at the end
+            n += b
+        for k, v in sums.items():
+            pl_module.log(f"curve/{self.split}_{k}", v / n, sync_dist=True)
