@@ -170,6 +170,23 @@ def bare_lightning(overrides: list[str], steps: int, warmup: int) -> float:
     return timer.rate
 
 
+def calls_per_step(fn, overrides: list[str], short: int = 10, long: int = 40) -> float:
+    """Python function calls per training step of ``fn`` (runner or bare Lightning):
+    the difference between runs of ``long`` and ``short`` steps, under cProfile. Unlike
+    images/s it does not depend on what else the machine is doing."""
+    import cProfile
+    import pstats
+
+    def total(steps: int) -> int:
+        profile = cProfile.Profile()
+        profile.enable()
+        fn(overrides, steps, 0)
+        profile.disable()
+        return pstats.Stats(profile).total_calls
+
+    return round((total(long) - total(short)) / (long - short), 1)
+
+
 # name -> (overrides, batch size). The tiny case is almost all loop overhead: its
 # per-step time difference is the runner's fixed cost per step on this machine.
 CASES = {
@@ -219,6 +236,9 @@ def measure(overrides: list[str], steps: int, warmup: int, repeats: int) -> dict
         "lightning_vs_hand": ratio("hand", "lightning")[0],
         "runner_vs_lightning": ratio("lightning", "runner")[0],
         "runner_overhead_us_per_step": round(1e6 * bs * (1 / med["runner"] - 1 / med["hand"]), 1),
+        # deterministic: Python calls per step (the hand loop's are a few dozen)
+        "runner_calls_per_step": calls_per_step(runner, overrides),
+        "lightning_calls_per_step": calls_per_step(bare_lightning, overrides),
         "all_images_per_s": {k: [round(x, 1) for x in v] for k, v in rates.items()},
     }
 
@@ -247,14 +267,16 @@ def main() -> None:
         results[name] = measure(overrides, steps, min(args.warmup, 10), args.repeats)
     print(
         f"\n{'case':<16} {'device':<6} {'thr':>3} {'hand':>7} {'bare PL':>8} {'runner':>7}"
-        f" {'runner/hand':>11} {'IQR':>14} {'PL/hand':>8} {'runner/PL':>9}  (images/s)"
+        f" {'runner/hand':>11} {'IQR':>14} {'PL/hand':>8} {'runner/PL':>9} {'calls/step':>15}"
+        "  (images/s; Python calls per step: bare PL, runner)"
     )
     for name, v in results.items():
         print(
             f"{name:<16} {v['device'][:6]:<6} {v['torch_threads']:>3} "
             f"{v['hand_images_per_s']:>7.0f} {v['lightning_images_per_s']:>8.0f} "
             f"{v['runner_images_per_s']:>7.0f} {v['ratio']:>11.3f} {str(v['ratio_iqr']):>14} "
-            f"{v['lightning_vs_hand']:>8.3f} {v['runner_vs_lightning']:>9.3f}"
+            f"{v['lightning_vs_hand']:>8.3f} {v['runner_vs_lightning']:>9.3f} "
+            f"{v['lightning_calls_per_step']:>7.0f} {v['runner_calls_per_step']:>7.0f}"
         )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -225,3 +225,11 @@ def test_a_monitor_nobody_logs_stops_after_the_sanity_check(make_cfg) -> None:
     with pytest.raises(ConfigError, match=r"monitor='val/elbow' is not logged .*val/elbo") as e:
         train(cfg)
     assert "\n" not in str(e.value)
+
+
+def test_an_optimized_metric_nobody_logs_stops_after_the_sanity_check(make_cfg) -> None:
+    from genlab.train import train
+
+    cfg = make_cfg("optimized_metric=val/los", "trainer.max_epochs=1")
+    with pytest.raises(ConfigError, match=r"^optimized_metric='val/los' is not logged .*val/loss"):
+        train(cfg)

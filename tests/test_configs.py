@@ -110,3 +110,26 @@ def test_help_lists_groups_and_options() -> None:
     ):
         assert line in out, line
     assert "data: cifar10, digits, fashion_mnist, mnist, toy2d" in out
+
+
+def test_hyperparameter_names_mean_one_thing() -> None:
+    """No family's hyper-parameter shadows a dict method of its hparams (``update`` once
+    did), and width names say their type: ``*_sizes`` lists, ``*_width`` / ``channels``
+    integers (the flows' conv channels), never a bare ``hidden``."""
+    import inspect
+
+    import genlab.models as models
+    from genlab.checks import signature_of
+    from genlab.nn import MLP, Conv
+
+    classes = [c for c in vars(models).values() if inspect.isclass(c)] + [MLP, Conv]
+    for cls in classes:
+        params, _, _ = signature_of(cls)
+        for name, p in params.items():
+            assert not hasattr(dict, name), f"{cls.__name__}.{name} shadows dict.{name}"
+            assert name != "hidden" and not name.endswith("_hidden"), f"{cls.__name__}.{name}"
+            default = p.default
+            if name.endswith("_sizes"):
+                assert isinstance(default, (list, tuple)), f"{cls.__name__}.{name}"
+            if name.endswith("_width") or (name == "channels" and cls not in (Conv,)):
+                assert isinstance(default, int), f"{cls.__name__}.{name}"

@@ -101,9 +101,13 @@ def test_eval_faults_are_one_line(run_dir: Path, tmp_path: Path, capsys) -> None
         assert code == 2 and line.startswith("genlab: error:") and want in line, (args, line)
 
 
-def test_eval_takes_a_run_folder(run_dir: Path, capsys) -> None:
-    code, _ = _eval([f"ckpt_path={run_dir}", "model.iwae_samples=4", "metrics.n_test=50"], capsys)
-    assert code == 0 and (run_dir / "checkpoints" / "eval_best" / "metrics.json").is_file()
+def test_eval_takes_a_run_folder_even_with_old_setting_names(run_dir, tmp_path, capsys) -> None:
+    old = _copy_run(run_dir, tmp_path / "old")
+    cfg = OmegaConf.load(old / ".hydra" / "config.yaml")
+    cfg.model.net = {"arch": "genlab.nn.MLP", "hidden": cfg.model.net.hidden_sizes}
+    OmegaConf.save(cfg, old / ".hydra" / "config.yaml")  # as runs before the rename have it
+    code, _ = _eval([f"ckpt_path={old}", "model.iwae_samples=4", "metrics.n_test=50"], capsys)
+    assert code == 0 and (old / "checkpoints" / "eval_best" / "metrics.json").is_file()
 
 
 def test_corrupt_caches_are_rebuilt(tmp_path: Path, caplog) -> None:

@@ -613,12 +613,19 @@ def _resolved(node: Any, key: str, path: str) -> Any:
     return value
 
 
+def raw_value(node: Any, key: str) -> Any:
+    """A config value as written, interpolations unresolved (``${metrics.n_test}``)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=False).get(key)
+
+
 def _source(node: Any, key: str, path: str) -> str:
     """The key the user writes: an interpolation's source (``${metrics.n_test}``)."""
     from omegaconf import OmegaConf
 
     if OmegaConf.is_interpolation(node, key):
-        raw = str(node._get_node(key)._value())
+        raw = str(raw_value(node, key))
         if raw.startswith("${") and raw.endswith("}") and ":" not in raw and raw.count("$") == 1:
             return raw[2:-1]
     return path

@@ -217,11 +217,11 @@ def _unwritable(folder: str | None, multirun: bool) -> str | None:
 
 def main() -> None:
     """``genlab-train`` / ``python train.py``: check the command line, then run Hydra."""
-    problem = check_command_line(sys.argv[1:], Path(config_dir()))
-    if problem:
-        print(f"genlab: error: {problem}", file=sys.stderr)
-        sys.exit(2)
     try:
+        problem = check_command_line(sys.argv[1:], Path(config_dir()))
+        if problem:
+            print(f"genlab: error: {problem}", file=sys.stderr)
+            sys.exit(2)
         train_main()
     except KeyboardInterrupt:  # outside Lightning's own handling (data loading, set-up)
         print("genlab: interrupted: Ctrl-C before training started", file=sys.stderr)

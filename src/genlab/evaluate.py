@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torchvision.utils import save_image
 
 from genlab.callbacks import ImageGrids, LatentTools, SampleScores
-from genlab.checkpoints import read_checkpoint
+from genlab.checkpoints import migrate_hparams, read_checkpoint
 from genlab.checks import check_config, check_writable, import_target
 from genlab.errors import CheckpointError, ConfigError, GenlabError
 
@@ -67,6 +67,12 @@ def load_run_config(ckpt: Path, overrides: list[str]) -> DictConfig:
         OmegaConf.select(cfg, k) for k in ("model._target_", "data._target_")
     ):
         raise ConfigError(f"{path} is not a genlab run config (no model._target_ / data._target_)")
+    # Runs made before some settings were renamed (model.update -> model.update_rule, ...).
+    model = OmegaConf.to_container(cfg.model, resolve=False)
+    renamed = migrate_hparams(model, str(model["_target_"]))
+    if renamed != model:
+        log.info("%s: reading renamed model settings %s", path, sorted(set(model) - set(renamed)))
+        cfg.model = renamed
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"overrides must be key=value, got {bad[0]!r}")

@@ -29,7 +29,7 @@ def finished_trials(storage: str | None, study_name: str | None) -> int:
         return 0
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for t in stale:
-        study._storage.set_trial_state(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)
     if stale:
         log.info(f"Optuna: marked {len(stale)} trial(s) of an interrupted search as failed")
     return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) - len(stale)

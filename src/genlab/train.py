@@ -5,6 +5,7 @@ Every ``hydra.utils.instantiate`` call of the project is in this file.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import warnings
@@ -22,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genlab._lightning import undo_nvml_cuda_check
 from genlab.callbacks import SampleScores
+from genlab.callbacks.training import LoggedMetricCheck
 from genlab.checkpoints import AtomicCheckpointIO, check_resume, resolve_resume
-from genlab.checks import RUNNER_KEYS, check_config, check_writable
+from genlab.checks import RUNNER_KEYS, check_config, check_writable, raw_value
 from genlab.distributed import JobDDPStrategy, write_job_config
 from genlab.errors import ConfigError, GenlabError, RunInterrupted
 
@@ -60,7 +62,7 @@ def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
         if isinstance(cause, GenlabError):
             raise cause from None
         detail = f"{type(cause).__name__}: {cause}" if cause else str(e).splitlines()[0]
-        raise ConfigError(f"cannot build {where}: {detail}") from None
+        raise ConfigError(f"cannot build {where}: {' '.join(detail.split())}") from None
 
 
 def family_config(model: DictConfig) -> DictConfig:
@@ -93,7 +95,7 @@ def check_selection(cfg: DictConfig, model: pl.LightningModule) -> None:
     scores = ("val/fid", "val/kid", "val/cond_acc")
     if monitor not in scores:
         return
-    raw = str(node._get_node("monitor")._value())
+    raw = str(raw_value(node, "monitor"))
     key = "model.monitor" if "model.monitor" in raw else "callbacks.model_checkpoint.monitor"
     fix = f"set {key}=val/loss, or {key}=null (best.ckpt: the last epoch)"
     sample_scores = (cfg.get("callbacks") or {}).get("sample_scores")
@@ -114,15 +116,27 @@ def check_selection(cfg: DictConfig, model: pl.LightningModule) -> None:
         raise ConfigError(f"{key}=val/cond_acc needs a conditional model: {fix}")
 
 
+def preflight(cfg: DictConfig) -> None:
+    """What can be checked before anything is built: every typed setting
+    (``genlab.checks``), the folders the run writes, optional packages it needs."""
+    check_config(cfg)
+    check_writable(cfg.paths.output_dir, "paths.output_dir")
+    scores = (cfg.get("callbacks") or {}).get("sample_scores")
+    if scores:
+        check_writable(scores.cache_dir, "metrics.cache_dir")
+        if scores.features == "inception" and importlib.util.find_spec("torch_fidelity") is None:
+            raise ConfigError(
+                "metrics.features=inception needs torch-fidelity and its Inception weights: "
+                "pip install torch-fidelity, or use metrics.features=genlab"
+            )
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit (and test) the configured model.
 
     Returns the final metrics and the objects built (datamodule, model, trainer).
     """
-    check_config(cfg)  # every typed setting, before anything is built
-    check_writable(cfg.paths.output_dir, "paths.output_dir")
-    if (cfg.get("callbacks") or {}).get("sample_scores"):
-        check_writable(cfg.callbacks.sample_scores.cache_dir, "metrics.cache_dir")
+    preflight(cfg)  # every typed setting, the folders, before anything is built
     _tidy_console()
     undo_nvml_cuda_check(str(cfg.trainer.get("strategy", "")))
     if cfg.get("matmul_precision") and torch.cuda.is_available():
@@ -141,6 +155,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # This family, these shapes (one line otherwise); the step the logs continue from.
     resume_step = check_resume(model, ckpt_path) if ckpt_path else None
     callbacks = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
+    metric = cfg.get("optimized_metric")
+    if metric and str(metric).startswith("val/"):  # a sweep's objective: known after 1 check
+        callbacks.append(LoggedMetricCheck({"optimized_metric": metric}))
     if cfg.trainer.get("enable_progress_bar") is False:  # honoured, not a Lightning error
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [build(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
@@ -148,20 +165,20 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if hasattr(lg, "resume_step"):
             lg.resume_step = resume_step
     plugins = [] if cfg.trainer.get("plugins") else [AtomicCheckpointIO()]
-    trainer = build(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins
-    )
-    strategy = trainer.strategy
-    if isinstance(strategy, JobDDPStrategy) and "LOCAL_RANK" not in os.environ:
-        # The other ranks run exactly this job: resolved config, concrete checkpoint.
-        with open_dict(cfg):
-            cfg.ckpt_path, cfg.auto_resume = ckpt_path, False
-        strategy.use_job_config(write_job_config(cfg, cfg.paths.output_dir))
-    for lg in trainer.loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    failed = True
+    failed, trainer = True, None
     try:
+        trainer = build(
+            cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins
+        )
+        strategy = trainer.strategy
+        if isinstance(strategy, JobDDPStrategy) and "LOCAL_RANK" not in os.environ:
+            # The other ranks run exactly this job: resolved config, concrete checkpoint.
+            with open_dict(cfg):
+                cfg.ckpt_path, cfg.auto_resume = ckpt_path, False
+            strategy.use_job_config(write_job_config(cfg, cfg.paths.output_dir))
+        for lg in trainer.loggers:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = _scalars(trainer.callback_metrics)
         if cfg.get("test"):
@@ -170,15 +187,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             metrics.update(_scalars(trainer.callback_metrics))
         failed = False
     except SystemExit as e:  # Lightning's graceful stop on Ctrl-C (exit 1) or SIGTERM
-        if not trainer.interrupted:
+        if trainer is None or not trainer.interrupted:
             raise
         raise _interrupted(trainer, e) from None
     finally:
         for lg in loggers:
             if hasattr(lg, "finish"):
                 lg.finish(failed)  # W&B: one run per trial of a sweep
-        if isinstance(strategy, JobDDPStrategy):
-            strategy.finish(failed)  # the next trial of a sweep starts a fresh process group
+        if trainer is not None and isinstance(trainer.strategy, JobDDPStrategy):
+            trainer.strategy.finish(failed)  # the next trial starts a fresh process group
     if trainer.is_global_zero:
         log.info(summary(trainer, metrics))
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}

@@ -24,6 +24,46 @@ def is_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
     return epoch % max(every_n_epochs, 1) == 0 or last
 
 
+def check_logged(trainer: pl.Trainer, pl_module: pl.LightningModule, metric: str, key: str) -> None:
+    """Raise ConfigError unless ``metric`` was logged by now (after the sanity check or a
+    validation) or will be by a callback that logs later (SampleScores' FID)."""
+    later: set[str] = set()
+    for cb in trainer.callbacks:
+        if hasattr(cb, "metric_names"):
+            later |= cb.metric_names(pl_module, "val")
+    if metric in trainer.callback_metrics or metric in later:
+        return
+    logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/")) + sorted(later)
+    fix = "model.monitor" if key.endswith("monitor") else key
+    raise ConfigError(
+        f"{key}={metric!r} is not logged by this run (it logs "
+        f"{', '.join(logged) or 'no val/ metrics'}): set {fix} to one of them"
+    )
+
+
+class LoggedMetricCheck(pl.Callback):
+    """Stops a run right after its sanity check (or first validation) when a setting
+    names a validation metric the run does not log, e.g. ``optimized_metric=val/los``
+    (which a sweep would otherwise find out only when the trial ends)."""
+
+    def __init__(self, metrics: dict[str, str]) -> None:
+        self.metrics = dict(metrics)  # setting -> metric
+        self._done = False
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._done:
+            for key, metric in self.metrics.items():
+                check_logged(trainer, pl_module, metric, key)
+            self._done = True
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer, pl_module)
+
+
 class BestCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint: ``best.ckpt`` by ``monitor`` and ``last.ckpt`` after
     every training epoch, with two changes.
@@ -40,24 +80,9 @@ class BestCheckpoint(ModelCheckpoint):
     _seen: Tensor | None = None  # the monitor's value at the last comparison
     _fresh: bool | None = None  # whether this epoch's validation logged a new value
 
-    def _promised(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> set[str]:
-        """Metrics that callbacks (SampleScores) log later than the sanity check."""
-        names: set[str] = set()
-        for cb in trainer.callbacks:
-            if hasattr(cb, "metric_names"):
-                names |= cb.metric_names(pl_module, "val")
-        return names
-
     def _check_known(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        m = self.monitor
-        if m is None or m in trainer.callback_metrics or m in self._promised(trainer, pl_module):
-            return
-        logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/"))
-        logged += sorted(self._promised(trainer, pl_module))
-        raise ConfigError(
-            f"callbacks.model_checkpoint.monitor={m!r} is not logged by this run (it logs "
-            f"{', '.join(logged) or 'no val/ metrics'}): set model.monitor to one of them"
-        )
+        if self.monitor is not None:
+            check_logged(trainer, pl_module, self.monitor, "callbacks.model_checkpoint.monitor")
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_known(trainer, pl_module)

@@ -66,8 +66,15 @@ class TorchvisionData(InMemoryDataModule):
             self._open(train=True)
             self._open(train=False)
             return
-        except RuntimeError:
-            pass  # torchvision: "Dataset not found or corrupted"
+        except Exception as e:  # noqa: BLE001 - missing, truncated or foreign files
+            problem = e
+        present = self.files.is_dir() and any(self.files.iterdir())
+        if present and "not found" not in str(problem).lower():
+            detail = " ".join(f"{type(problem).__name__}: {problem}".split())[:200]
+            raise DataNotFoundError(
+                f"{self.name} files in {self.files} are unreadable ({detail}): delete them "
+                f"(data.download=true fetches them again) or replace them"
+            )
         if not self.download:
             raise DataNotFoundError(
                 f"{self.name} not found in {self.files} and data.download=false: "
@@ -87,7 +94,7 @@ class TorchvisionData(InMemoryDataModule):
     def load(self) -> dict[str, tuple[Tensor, Tensor]]:
         try:
             train_set, test_set = self._open(train=True), self._open(train=False)
-        except RuntimeError:  # missing: download (if allowed) or one clear error
+        except Exception:  # noqa: BLE001 - missing or unreadable: download, or one clear line
             self.prepare_data()
             train_set, test_set = self._open(train=True), self._open(train=False)
         x, y = self._tensors(train_set)
