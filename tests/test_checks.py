@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import CONF, DATASETS, MODELS, compose_cfg
 
 from genlab.checks import check_config, check_value, import_target, signature_of
@@ -233,3 +234,23 @@ def test_an_optimized_metric_nobody_logs_stops_after_the_sanity_check(make_cfg) 
     cfg = make_cfg("optimized_metric=val/los", "trainer.max_epochs=1")
     with pytest.raises(ConfigError, match=r"^optimized_metric='val/los' is not logged .*val/loss"):
         train(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")
+def test_asking_for_a_gpu_without_one_is_one_line() -> None:
+    problem = check_command_line(["trainer=gpu"], CONF)
+    assert problem.startswith("trainer.accelerator=gpu but no CUDA GPU is visible here")
+
+
+def test_resume_from_a_run_folder(make_cfg, tmp_path) -> None:
+    from genlab.errors import CheckpointError
+    from genlab.train import train
+
+    train(make_cfg("trainer.max_epochs=1", "test=false", output_dir=tmp_path / "a"))
+    _, objs = train(
+        make_cfg("trainer.max_epochs=2", "test=false", f"ckpt_path={tmp_path / 'a'}",
+                 output_dir=tmp_path / "b")
+    )  # fmt: skip
+    assert objs["trainer"].current_epoch == 2 and objs["trainer"].global_step == 2 * 12
+    with pytest.raises(CheckpointError, match=r"is a folder without checkpoints/last.ckpt"):
+        train(make_cfg(f"ckpt_path={tmp_path / 'b' / 'csv'}", output_dir=tmp_path / "c"))

@@ -135,3 +135,18 @@ def test_bad_sizes_rejected() -> None:
         Digits(batch_size=0)
     with pytest.raises(ConfigError, match=r"data.binarize='dynamic' is not one of"):
         Digits(binarize="dynamic")
+
+
+@needs_mnist
+def test_unreadable_data_files_are_one_line(tmp_path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (DATA_DIR / "MNIST" / "raw").glob("*-ubyte"):
+        (raw / f.name).symlink_to(f)
+    bad = raw / "train-images-idx3-ubyte"
+    data = bad.read_bytes()[:100_000]
+    bad.unlink()
+    bad.write_bytes(data)  # a download cut short
+    with pytest.raises(DataNotFoundError, match=r"MNIST files in .* are unreadable") as e:
+        MNIST(data_dir=str(tmp_path), download=False).setup()
+    assert "\n" not in str(e.value)

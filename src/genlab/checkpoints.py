@@ -194,9 +194,14 @@ def resolve_resume(cfg: Any) -> tuple[str | None, Path | None]:
     ckpt = cfg.get("ckpt_path")
     auto = bool(cfg.get("auto_resume"))
     if ckpt not in (None, "last"):
-        if not Path(ckpt).is_file():
+        path = Path(ckpt).expanduser()
+        if path.is_dir():  # a run folder: its last checkpoint
+            if not (path / "checkpoints" / "last.ckpt").is_file():
+                raise CheckpointError(f"ckpt_path={ckpt} is a folder without checkpoints/last.ckpt")
+            path = path / "checkpoints" / "last.ckpt"
+        elif not path.is_file():
             raise CheckpointError(f"ckpt_path={ckpt} does not exist")
-        return str(ckpt), None
+        return str(path), None
     if ckpt is None and not auto:
         return None, None
     out = Path(cfg.paths.output_dir)

@@ -665,6 +665,22 @@ def _check_node(node: Any, path: str) -> None:
     del group
 
 
+# ---- this machine ----------------------------------------------------------------------
+
+
+def check_accelerator(accelerator: str) -> None:
+    """A GPU (or MPS) asked for by name must be there."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here: use "
+            "trainer=cpu, or trainer.accelerator=auto (a GPU when there is one)"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps but MPS is not available: use trainer=cpu")
+
+
 # ---- folders --------------------------------------------------------------------------
 
 

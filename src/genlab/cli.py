@@ -124,7 +124,7 @@ def _check_composed(overrides: list[str], conf: Path, multirun: bool) -> str | N
         return _composition_problem(e, overrides, conf)
     finally:
         GlobalHydra.instance().clear()
-    from genlab.checks import check_config
+    from genlab.checks import check_accelerator, check_config
 
     job = DictConfig({})
     try:
@@ -139,6 +139,7 @@ def _check_composed(overrides: list[str], conf: Path, multirun: bool) -> str | N
         # The job's own interpolations resolve against its root; ${hydra:...} against
         # the config set above.
         check_config(job)
+        check_accelerator(str(job.trainer.get("accelerator", "auto")))
         folder = OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     except GenlabError as e:
         return str(e)
@@ -157,14 +158,18 @@ def _composition_problem(e: Exception, overrides: list[str], conf: Path) -> str:
         near, names = _siblings(key, [o for o in overrides if _key_of(o) != key], conf)
         if near:
             hint = f"did you mean {parent + '.' if parent else ''}{near}?"
-        else:
+        elif names:
             hint = f"{parent or 'the config'} has {', '.join(names[:12])}"
+        else:
+            hint = f"{parent} is empty or not chosen: choose its group option first"
         return f"{key} is not a setting ({hint}); to add a new key, write +{key}=..."
     m = re.search(r"Could not append to config. An item is already at '([^']+)'", text)
     if m:
         return f"{m.group(1)} exists already: override it without the +"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
-    return f"cannot compose the config: {first}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(e).__name__
+    cause = str(e.__cause__).splitlines()[0] if e.__cause__ and str(e.__cause__) else ""
+    return f"cannot compose the config: {first}" + (f" ({cause})" if cause else "")
 
 
 def _key_of(override: str) -> str:
@@ -239,6 +244,12 @@ def train_main(cfg: DictConfig) -> float | None:
     except GenlabError as e:
         print(f"genlab: {e.label}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:  # a full disk, a folder that went away: say which file
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"genlab: error: {e.strerror or e}{where}", file=sys.stderr)
+        sys.exit(2)
     name = cfg.get("optimized_metric")
     if name is None:
         return None

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torchvision.utils import save_image
 
 from genlab.callbacks import ImageGrids, LatentTools, SampleScores
 from genlab.checkpoints import migrate_hparams, read_checkpoint
-from genlab.checks import check_config, check_writable, import_target
+from genlab.checks import check_accelerator, check_config, check_writable, import_target
 from genlab.errors import CheckpointError, ConfigError, GenlabError
 
 log = logging.getLogger(__name__)
@@ -148,16 +149,21 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None) -> dict[
         first = str(e).splitlines()[0]
         raise CheckpointError(f"{ckpt} does not load as {cls.__name__}: {first}") from None
 
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.get("accelerator", "auto"),
-        devices=1,
-        precision=cfg.trainer.get("precision", 32),
-        logger=False,
-        callbacks=[scores_callback(cfg)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    check_accelerator(accelerator)
+    try:
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            precision=cfg.trainer.get("precision", 32),
+            logger=False,
+            callbacks=[scores_callback(cfg)],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as e:
+        raise ConfigError(f"cannot build the trainer: {' '.join(str(e).split())}") from None
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 

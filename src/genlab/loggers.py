@@ -12,7 +12,7 @@ import secrets
 import string
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
@@ -73,7 +73,12 @@ class WandbLogger(_LightningWandbLogger):
     run (``resume="allow"``) instead of starting a new one.
     """
 
-    def __init__(self, mode: str | None = None, save_dir: str = ".", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        mode: Literal["online", "offline", "disabled", "dryrun", "run"] | None = None,
+        save_dir: str = ".",
+        **kwargs: Any,
+    ) -> None:
         mode = (
             mode
             or os.environ.get("WANDB_MODE")

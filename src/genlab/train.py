@@ -25,7 +25,13 @@ from genlab._lightning import undo_nvml_cuda_check
 from genlab.callbacks import SampleScores
 from genlab.callbacks.training import LoggedMetricCheck
 from genlab.checkpoints import AtomicCheckpointIO, check_resume, resolve_resume
-from genlab.checks import RUNNER_KEYS, check_config, check_writable, raw_value
+from genlab.checks import (
+    RUNNER_KEYS,
+    check_accelerator,
+    check_config,
+    check_writable,
+    raw_value,
+)
 from genlab.distributed import JobDDPStrategy, write_job_config
 from genlab.errors import ConfigError, GenlabError, RunInterrupted
 
@@ -120,6 +126,7 @@ def preflight(cfg: DictConfig) -> None:
     """What can be checked before anything is built: every typed setting
     (``genlab.checks``), the folders the run writes, optional packages it needs."""
     check_config(cfg)
+    check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
     check_writable(cfg.paths.output_dir, "paths.output_dir")
     scores = (cfg.get("callbacks") or {}).get("sample_scores")
     if scores:
