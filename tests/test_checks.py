@@ -86,6 +86,8 @@ BAD = [
     (["matmul_precision=low"], "matmul_precision='low' is not one of"),
     # wrong types
     (["model.lr=abc"], "model.lr must be a number, got 'abc'"),
+    (["model.lr=inf"], "model.lr must be a finite number, got inf"),
+    (["model.beta=nan"], "model.beta must be a finite number, got nan"),
     (["model.latent_dim=2.5"], "model.latent_dim must be an integer, got 2.5: write e.g."),
     (["data.batch_size=1e3"], "data.batch_size must be an integer, got 1000.0"),
     (["trainer.max_epochs=ten"], "trainer.max_epochs must be an integer >= -1 or null"),
@@ -242,6 +244,7 @@ def test_asking_for_a_gpu_without_one_is_one_line() -> None:
     assert problem.startswith("trainer.accelerator=gpu but no CUDA GPU is visible here")
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resumed elsewhere
 def test_resume_from_a_run_folder(make_cfg, tmp_path) -> None:
     from genlab.errors import CheckpointError
     from genlab.train import train

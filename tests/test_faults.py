@@ -64,6 +64,8 @@ def test_eval_faults_are_one_line(run_dir: Path, tmp_path: Path, capsys) -> None
         ([f"ckpt_path={ckpt}", "model.iwae_sampels=4"], "model.iwae_sampels is not a setting"),
         ([f"ckpt_path={ckpt}", "metrics.n_test=-1"], "metrics.n_test must be a positive integer"),
         ([f"ckpt_path={ckpt}", "model.iwae_samples"], "overrides must be key=value"),
+        ([f"ckpt_path={ckpt}", "data=mnist"], "not whole groups: 'data=mnist'"),
+        (["ckpt_path="], "ckpt_path is empty"),
     ]
     # A checkpoint outside any run folder: no config beside it.
     lone = tmp_path / "lone" / "x.ckpt"
@@ -190,3 +192,29 @@ def test_renamed_hyperparameters_of_older_checkpoints_load(tmp_path: Path) -> No
         )
         loaded = type(model).load_from_checkpoint(path)
         assert dict(loaded.hparams) == dict(model.hparams)
+
+
+def test_corrupt_study_run_id_and_csv_log_are_handled(tmp_path: Path) -> None:
+    from conftest import CONF
+
+    from genlab.cli import check_command_line
+    from genlab.loggers import CSVLogger, run_id
+
+    db = tmp_path / "optuna.db"
+    db.write_text("not a database")
+    problem = check_command_line(
+        ["hparams_search=vae_optuna", f"hydra.sweeper.storage=sqlite:///{db}"], CONF
+    )
+    assert problem is not None and "is not a readable SQLite database" in problem
+    # A damaged W&B run id file: a new id, not a W&B error.
+    (tmp_path / "run_id").write_bytes(b"\x00\xffnot an id at all\n")
+    new = run_id(tmp_path / "run_id")
+    assert len(new) == 8 and new.isalnum()
+    # A damaged metrics.csv in a resumed run: moved aside, a new log starts.
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text("epoch,step\n0,not-a-step\n")
+    logger = CSVLogger(save_dir=str(tmp_path), name="csv", version="", resume_step=5)
+    logger.log_metrics({"train/loss": 1.0}, step=6)
+    logger.save()
+    assert (tmp_path / "csv" / "metrics.csv.unreadable").is_file()
+    assert "train/loss" in (tmp_path / "csv" / "metrics.csv").read_text()

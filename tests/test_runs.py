@@ -114,6 +114,7 @@ class StartRecorder(pl.Callback):
         }
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resumed elsewhere
 def test_resume_restores_epoch_step_and_optimizer(make_cfg, tmp_path: Path) -> None:
     train(make_cfg("trainer.max_epochs=1", "test=false", output_dir=tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"

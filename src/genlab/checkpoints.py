@@ -3,10 +3,14 @@ resume (``ckpt_path=last`` / ``auto_resume=true``)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import pickle
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +28,18 @@ RESUME_KEYS = ("ckpt_path", "auto_resume", "hydra.", "trainer.max_epochs", "trai
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to ``<path>.tmp-<pid>`` in the same folder, fsync, then os.replace: a kill
-    during a save leaves the previous file whole (rename is atomic on POSIX file systems)."""
+    during a save leaves the previous file whole (rename is atomic on POSIX file systems).
+    A Ctrl-C during a save takes effect when the save is done (inside torch's writer it
+    would surface as a RuntimeError instead of a clean stop)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
-        path = Path(path)
+        with _sigint_deferred():
+            self._save(checkpoint, Path(path))
+
+    @staticmethod
+    def _save(checkpoint: dict[str, Any], path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         try:
@@ -40,6 +50,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a SIGINT that arrives inside the block and raise KeyboardInterrupt after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+    elif caught and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
 
 
 def family_of(cls: type) -> str:

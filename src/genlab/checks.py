@@ -261,8 +261,8 @@ def check_value(value: Any, tp: Any) -> None:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _Bad("a number")
-        if isinstance(value, float) and math.isnan(value):
-            raise _Bad("a number (not nan)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Bad("a finite number")
         return
     if tp is str:
         if not isinstance(value, str):
@@ -570,6 +570,8 @@ def _target_nodes(cfg: Any) -> list[tuple[str, Any]]:
     out = []
     for group in ("data", "model", "trainer"):
         node = cfg.get(group)
+        if node is not None and not isinstance(node, DictConfig):
+            raise ConfigError(f"{group}={node!r} is not a {group} config: choose one, {group}=...")
         if isinstance(node, DictConfig):
             if "_target_" not in node:
                 raise ConfigError(f"{group} has no _target_: choose a {group} config ({group}=...)")

@@ -145,7 +145,28 @@ def _check_composed(overrides: list[str], conf: Path, multirun: bool) -> str | N
         return str(e)
     except OmegaConfBaseException:
         folder = None  # a value only the run can resolve: the run will say
-    return _unwritable(str(folder) if folder else None, multirun)
+    storage = OmegaConf.select(cfg, "hydra.sweeper.storage", default=None)
+    return _unwritable(str(folder) if folder else None, multirun) or _bad_study(storage)
+
+
+def _bad_study(storage: str | None) -> str | None:
+    """An Optuna sqlite study file that exists but is not a readable database."""
+    if not storage or not str(storage).startswith("sqlite:///"):
+        return None
+    path = Path(str(storage).removeprefix("sqlite:///"))
+    if not path.is_file():
+        return None  # a new study
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            db.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.Error as e:
+        return (
+            f"hydra.sweeper.storage={storage}: {path} is not a readable SQLite database "
+            f"({e}): move it away to start a new study, or point the storage elsewhere"
+        )
+    return None
 
 
 def _composition_problem(e: Exception, overrides: list[str], conf: Path) -> str:

@@ -38,6 +38,8 @@ EVAL_DEFAULTS = {"iwae_samples": 5000}  # model hyper-parameters raised for the 
 
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run folder's ``checkpoints/best.ckpt`` (else ``last.ckpt``)."""
+    if not str(path).strip():
+        raise ConfigError("ckpt_path is empty: ckpt_path=<run>/checkpoints/<name>.ckpt")
     p = Path(path).expanduser()
     if p.is_dir():
         for name in ("best.ckpt", "last.ckpt"):
@@ -77,6 +79,12 @@ def load_run_config(ckpt: Path, overrides: list[str]) -> DictConfig:
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"overrides must be key=value, got {bad[0]!r}")
+    groups = [o for o in overrides if OmegaConf.is_dict(cfg.get(o.split("=", 1)[0].lstrip("+")))]
+    if groups:
+        raise ConfigError(
+            f"eval.py changes settings of the run (e.g. model.iwae_samples=5000), not whole "
+            f"groups: {groups[0]!r} would replace the run's {groups[0].split('=')[0]} section"
+        )
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as e:

@@ -8,6 +8,7 @@ import csv
 import logging
 import netrc
 import os
+import re
 import secrets
 import string
 import warnings
@@ -42,10 +43,12 @@ def run_id(path: Path) -> str:
     """The W&B run id stored at ``path``; a new one is generated and stored (by rank 0)
     when there is none."""
     if path.is_file():
-        found = path.read_text().strip()
-        if found:
+        found = path.read_text(errors="replace").strip()
+        if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", found):
             log.info("W&B: continuing run id %s (%s)", found, path)
             return found
+        if found:
+            log.warning("W&B: %s holds no valid run id; starting a new W&B run", path)
     alphabet = string.ascii_lowercase + string.digits
     new = "".join(secrets.choice(alphabet) for _ in range(8))  # W&B's own id format
     if rank_zero_only.rank == 0:
@@ -172,9 +175,15 @@ class CSVLogger(_LightningCSVLogger):
     def _kept_rows(self, path: Path) -> tuple[list[dict[str, str]], list[str]]:
         if not path.is_file():
             return [], []
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows, keys = list(reader), list(reader.fieldnames or [])
-        if self.resume_step is not None:
-            rows = [r for r in rows if not r.get("step") or int(r["step"]) < self.resume_step]
+        try:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                rows, keys = list(reader), list(reader.fieldnames or [])
+            if self.resume_step is not None:
+                rows = [r for r in rows if not r.get("step") or int(r["step"]) < self.resume_step]
+        except (OSError, UnicodeDecodeError, ValueError, csv.Error) as e:
+            kept = path.with_suffix(".csv.unreadable")
+            path.replace(kept)
+            log.warning("%s is unreadable (%s): moved to %s, starting a new one", path, e, kept)
+            return [], []
         return rows, keys
