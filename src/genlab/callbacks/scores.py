@@ -47,7 +47,7 @@ class SampleScores(pl.Callback):
         feature_epochs: PositiveInt = 5,
         seed: Seed = 0,
     ) -> None:
-        check_args(type(self), locals(), "metrics")
+        check_args(type(self), locals(), "callbacks.sample_scores")
         self.cache_dir = Path(cache_dir)
         self.features = features
         self.every_n_epochs = every_n_epochs
