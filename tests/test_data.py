@@ -68,8 +68,9 @@ def test_batches_cover_each_example_once_per_epoch() -> None:
     assert sorted(first.tolist()) == list(range(103)) == sorted(second.tolist())
     assert torch.equal(first, again) and not torch.equal(first, second)  # seeded by epoch
     # Unshuffled: in order, x and y aligned.
-    xs, ys = zip(*TensorBatches(x, y, batch_size=50), strict=True)
+    xs, ys, idx = zip(*TensorBatches(x, y, batch_size=50), strict=True)
     assert torch.equal(torch.cat(ys), y) and torch.equal(torch.cat(xs).long(), y)
+    assert torch.equal(torch.cat(idx), y)  # the rows of the split, for per-example codes
     # Two ranks: equal lengths, together they cover everything.
     r0, r1 = (
         torch.cat([b[1] for b in TensorBatches(x, y, 10, rank=r, world_size=2)]) for r in (0, 1)

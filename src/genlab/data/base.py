@@ -20,7 +20,9 @@ Binarize = Literal["static", "threshold"] | None
 
 
 class TensorBatches:
-    """Batches ``(x[idx], y[idx])`` cut from tensors by index: a DataLoader without workers.
+    """Batches ``(x[idx], y[idx], idx)`` cut from tensors by index: a DataLoader without
+    workers. ``idx`` (long (B,)) are the rows of the split, for models that keep one
+    parameter per training example (GLO's latent codes).
 
     Shuffled batches use a permutation drawn on the tensors' device from ``seed`` plus the
     current epoch (``epoch_fn``), so every epoch differs and every run repeats. Under
@@ -63,11 +65,11 @@ class TensorBatches:
             idx = torch.cat([idx, idx[:pad]])[self.rank :: self.world_size]
         return idx
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         idx = self._indices()
         for i in range(0, idx.shape[0], self.batch_size):
             j = idx[i : i + self.batch_size]
-            yield self.x[j], self.y[j]
+            yield self.x[j], self.y[j], j
 
 
 class InMemoryDataModule(pl.LightningDataModule):

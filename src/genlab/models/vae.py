@@ -127,7 +127,7 @@ class VAE(PixelLikelihood, GenlabModule):
 
     # ---- Lightning --------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        x_raw, y = batch
+        x_raw, y = batch[0], batch[1]
         t = self.elbo(self.preprocess(x_raw), None, y)
         loss = (t["recon"] + self.hparams.beta * t["kl"]).mean()
         self.log_train({"loss": loss, **{k: t[k].mean() for k in ("recon", "kl", "elbo")}})
@@ -136,7 +136,7 @@ class VAE(PixelLikelihood, GenlabModule):
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
         """loss (= recon + beta kl), recon, kl, elbo; with ``full`` also nll_iwae, the
         importance-weighted bound with ``iwae_samples`` samples. Nats per image."""
-        x_raw, y = batch
+        x_raw, y = batch[0], batch[1]
         g = eval_generator(x_raw.device, batch_idx)
         x = self.preprocess(x_raw, g)
         t = self.elbo(x, g, y)
