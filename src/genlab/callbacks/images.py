@@ -58,7 +58,8 @@ class ImageGrids(pl.Callback):
     epochs and after the last one; 2-D data (``data=toy2d``) get a density heat map and
     a sample histogram instead. Samples use fixed noise: grids compare across epochs.
 
-    PNGs: ``<run>/images/<samples|classes|reconstructions|density>_epoch<E>.png``.
+    PNGs: ``<run>/images/<samples|classes|filters|reconstructions|density>_epoch<E>.png``
+    (``filters``: the first-layer weights of Boltzmann machines, one image per unit).
     """
 
     def __init__(
@@ -100,6 +101,8 @@ class ImageGrids(pl.Callback):
             out["samples"] = views.sample_grid(model, self.n_samples, self.seed, self.min_size)
         if hasattr(model, "sample_conditional") and self.n_samples > 0:
             out["classes"] = views.class_grid(model, 10, self.seed, self.min_size)
+        if hasattr(model, "filters") and self.n_samples > 0:
+            out["filters"] = views.filter_grid(model, self.n_samples, self.min_size)
         if hasattr(model, "reconstruct") and self.n_reconstructions > 0:
             x_raw = x_raw[: self.n_reconstructions].to(model.device)
             x = model.preprocess(x_raw, torch.Generator(x_raw.device).manual_seed(self.seed))

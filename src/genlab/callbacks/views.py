@@ -4,7 +4,7 @@ sample heat maps of 2-D data. Plain functions of a model and a batch (no Trainer
 image callbacks and ``eval.py`` draw with the same code.
 
 Models are duck-typed: ``sample(n, generator)``, ``sample_conditional(labels, generator)``,
-``reconstruct(x)``, ``encode(x)`` with ``decode(z)`` or a flow's ``flow.inverse``,
+``reconstruct(x)``, ``filters(n)``, ``encode(x)`` with ``decode(z)`` or a flow's ``flow.inverse``,
 ``log_prob(x)``, ``preprocess(x_uint8, generator)`` and ``to_image(x)`` (model space ->
 [0, 1]) are used where present.
 """
@@ -43,6 +43,15 @@ def class_grid(model: nn.Module, per_class: int = 10, seed: int = 0, min_size: i
     labels = torch.arange(model.hparams.num_classes, device=model.device)
     s = model.sample_conditional(labels.repeat_interleave(per_class), _generator(model, seed))
     return make_grid(to_image(model, s, min_size), nrow=per_class)
+
+
+@torch.no_grad()
+def filter_grid(model: nn.Module, n: int, min_size: int = 0) -> Tensor:
+    """A model's first-layer filters ``model.filters(n)`` (n, C, H, W) in [0, 1]."""
+    f = model.filters(n)
+    scale = math.ceil(min_size / f.shape[-1])
+    f = nn.functional.interpolate(f, scale_factor=scale) if scale > 1 else f
+    return make_grid(f, nrow=int(math.ceil(math.sqrt(f.shape[0]))), pad_value=1.0)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ from genlab.models.flow import NICE, Flow, Glow, RealNVP
 from genlab.models.gan import GAN
 from genlab.models.gumbel_vae import GumbelVAE
 from genlab.models.ogan import OGAN
+from genlab.models.rbm import RBM
 from genlab.models.vae import VAE
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "GAN",
     "NICE",
     "OGAN",
+    "RBM",
     "VAE",
     "Flow",
     "Glow",
