@@ -100,9 +100,9 @@ def test_cd_gradient_with_long_chains_equals_the_exact_gradient() -> None:
         assert (e - c).abs().max() < 0.02, (e - c).abs().max()
     # CD-1 from the data is biased: visibly further from the exact gradient.
     neg1 = rbm.gibbs(data.repeat(400, 1), 1, g).detach()
-    cd1 = torch.autograd.grad(
-        rbm.free_energy(data).mean() - rbm.free_energy(neg1).mean(), [rbm.W]
-    )[0]
+    cd1 = torch.autograd.grad(rbm.free_energy(data).mean() - rbm.free_energy(neg1).mean(), [rbm.W])[
+        0
+    ]
     assert (cd1 - exact[0]).abs().max() > 2 * (cd[0] - exact[0]).abs().max()
 
 
@@ -135,3 +135,102 @@ def test_default_schedule_is_salakhutdinov_murray() -> None:
     assert math.isclose(float(steps[0]), 1e-3) and math.isclose(float(steps[-1]), 1e-5)
     assert math.isclose(float(steps[600]), 1e-4, rel_tol=1e-6)
     assert torch.equal(scaled_betas(14500), b)
+
+
+# ---- runs ------------------------------------------------------------------------------
+def test_dbn_stages_pretrain_then_finetune_and_reload(make_cfg, tmp_path) -> None:
+    from conftest import csv_rows
+
+    from genlab.models import DBN
+    from genlab.train import train
+
+    cfg = make_cfg(
+        "model=dbn",
+        "model.hidden_sizes=[32,16,4]",
+        "model.pretrain_epochs=1",
+        "trainer.max_epochs=5",
+        "trainer.limit_train_batches=6",
+        "trainer.log_every_n_steps=1",
+        "callbacks.image_grids.every_n_epochs=1",
+        "metrics.every_n_epochs=0",
+    )
+    metrics, objs = train(cfg)
+    model = objs["model"]
+    assert int(model.stage) == 3 and model.finetuning
+    rows = csv_rows(tmp_path)
+    epochs_of = lambda key: sorted({int(r["epoch"]) for r in rows if r.get(key)})  # noqa: E731
+    # One stage per epoch, each layer's metrics under its own name.
+    assert epochs_of("train/rbm1/loss") == [0] and epochs_of("val/rbm2/recon") == [1]
+    assert epochs_of("train/rbm3/free_energy") == [2]
+    assert epochs_of("val/loss") == [3, 4] and epochs_of("val/rbm1/recon") == [0]
+    # Fine-tuning unrolled the stack into untied decoder weights.
+    assert not torch.equal(model.dec_W[0], torch.zeros_like(model.dec_W[0]))
+    assert all(math.isfinite(metrics[k]) for k in ("test/loss", "test/mse"))
+    assert metrics["test/mse"] < 64  # squared error per 8x8 image in [0, 1]: below all-wrong
+    assert (tmp_path / "images" / "filters_epoch0000.png").exists()
+    # best.ckpt is a fine-tuning epoch (the monitor is logged from then on); reloads
+    # without Hydra with its stage.
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    again = DBN.load_from_checkpoint(best)
+    assert again.finetuning
+    x = torch.rand(4, 64)
+    assert torch.equal(again.reconstruct(x), DBN.load_from_checkpoint(best).reconstruct(x))
+    assert again.sample(3).shape == (3, 1, 8, 8)
+
+
+def test_dbn_needs_epochs_for_finetuning(make_cfg) -> None:
+    from genlab.errors import ConfigError
+    from genlab.train import train
+
+    cfg = make_cfg(
+        "model=dbn", "model.hidden_sizes=[8,4]", "model.pretrain_epochs=2", "trainer.max_epochs=4"
+    )
+    with pytest.raises(ConfigError, match=r"trainer.max_epochs above 4"):
+        train(cfg)
+
+
+def test_pcd_chains_checkpoint_and_reload(make_cfg, tmp_path) -> None:
+    from genlab.models import RBM
+    from genlab.train import train
+
+    cfg = make_cfg(
+        "model=rbm",
+        "model.hidden=16",
+        "model.persistent=true",
+        "model.n_chains=20",
+        "model.ais_betas=200",
+        "model.ais_runs=8",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=5",
+        "metrics.every_n_epochs=0",
+    )
+    start = RBM((1, 8, 8), hidden=16, n_chains=20).chains.clone()  # seeded by the run too
+    metrics, objs = train(cfg)
+    model = objs["model"]
+    assert math.isfinite(metrics["test/loglik"]) and metrics["test/loglik"] < 0
+    assert metrics["test/log_z_lo"] <= metrics["test/log_z"] <= metrics["test/log_z_hi"]
+    assert metrics["test/loss"] == pytest.approx(-metrics["test/loglik"])
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    saved = ckpt["state_dict"]["chains"]
+    assert saved.shape == (20, 64) and set(saved.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(saved, model.chains.cpu())
+    assert not torch.equal(saved, start)  # the chains moved
+    again = RBM.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert torch.equal(again.chains, saved) and again.hparams.persistent
+
+
+def test_svd_baseline_is_the_rank_d_optimum() -> None:
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("svd", REPO / "scripts" / "svd_baseline.py")
+    svd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(svd)
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(3, 20, generator=g, dtype=torch.float64)
+    data = torch.randn(200, 3, generator=g, dtype=torch.float64) @ basis + 5.0  # rank 3 + mean
+    noise = 0.01 * torch.randn(200, 20, generator=g, dtype=torch.float64)
+    errs = svd.svd_errors(data[:150] + noise[:150], data[150:] + noise[150:], [1, 2, 3, 20])
+    assert errs[20] < 1e-20 and errs[3] < 50 * 20 * 1e-4  # rank 3 explains all but the noise
+    assert errs[1] > errs[2] > errs[3]

@@ -4,6 +4,7 @@ from genlab.models.aae import AAE
 from genlab.models.ae import AE
 from genlab.models.ali import ALI
 from genlab.models.cvae import CVAE
+from genlab.models.dbn import DBN
 from genlab.models.flow import NICE, Flow, Glow, RealNVP
 from genlab.models.gan import GAN
 from genlab.models.gumbel_vae import GumbelVAE
@@ -16,6 +17,7 @@ __all__ = [
     "AE",
     "ALI",
     "CVAE",
+    "DBN",
     "GAN",
     "NICE",
     "OGAN",
