@@ -197,6 +197,7 @@ def test_pcd_chains_checkpoint_and_reload(make_cfg, tmp_path) -> None:
         "model=rbm",
         "model.hidden=16",
         "model.persistent=true",
+        "model.lr_decay=true",
         "model.n_chains=20",
         "model.ais_betas=200",
         "model.ais_runs=8",

@@ -100,12 +100,13 @@ class RBM(BinaryImages, GenlabModule):
         initial_momentum: UnitInterval = 0.5,
         momentum_epochs: NonNegativeInt = 5,
         weight_decay: NonNegativeFloat = 2e-4,
+        lr_decay: bool = False,
         init_std: PositiveFloat = 0.01,
         sample_steps: PositiveInt = 200,
         ais_runs: PositiveInt = 100,
         ais_betas: PositiveInt = 14500,
         val_ais_runs: NonNegativeInt = 16,
-        val_ais_betas: PositiveInt = 1000,
+        val_ais_betas: PositiveInt = 4000,
         ais_seed: Seed = 0,
         gap_examples: PositiveInt = 1000,
     ) -> None:
@@ -182,13 +183,20 @@ class RBM(BinaryImages, GenlabModule):
         self.log_train({"loss": loss, "recon": recon, "free_energy": fe.mean()})
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         h = self.hparams
         groups = [
             {"params": [self.rbm.W], "weight_decay": h.weight_decay},
             {"params": [self.rbm.b, self.rbm.c], "weight_decay": 0.0},  # no decay on biases
         ]
-        return torch.optim.SGD(groups, lr=h.lr, momentum=h.initial_momentum)
+        opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.initial_momentum)
+        if not h.lr_decay:
+            return opt
+        # Linear decay to 0 at the last epoch (Tieleman 2008): PCD's chains mix only
+        # while the weights change slowly, so the final epochs need small steps.
+        total = max(int(self.trainer.max_epochs or 1), 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: max(1.0 - e / total, 0.0))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # ---- evaluation -------------------------------------------------------------------
     def estimate_log_z(self, runs: int, betas: int) -> AISEstimate:
