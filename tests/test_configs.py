@@ -31,7 +31,7 @@ def test_every_model_and_data_instantiates(make_cfg, model: str, data: str) -> N
     images = data != "toy2d"
     assert dm.num_classes >= 2 and len(dm.data_shape) == (3 if images else 1)
     if not images and model not in FLOWS | GANS:  # Bernoulli / BCE need 8-bit images
-        needs_images = r"model(\.likelihood=bernoulli|\.loss=bce|=aae) needs image"
+        needs_images = r"model(\.likelihood=bernoulli|\.loss=bce|=aae|=rbm|=dbn|=glann) needs image"
         with pytest.raises(ConfigError, match=needs_images):
             build_model(cfg.model, dm.data_shape, dm.num_classes)
         return

@@ -195,7 +195,7 @@ def test_pcd_chains_checkpoint_and_reload(make_cfg, tmp_path) -> None:
 
     cfg = make_cfg(
         "model=rbm",
-        "model.hidden=16",
+        "model.hidden_units=16",
         "model.persistent=true",
         "model.lr_decay=true",
         "model.n_chains=20",
@@ -205,7 +205,7 @@ def test_pcd_chains_checkpoint_and_reload(make_cfg, tmp_path) -> None:
         "trainer.limit_train_batches=5",
         "metrics.every_n_epochs=0",
     )
-    start = RBM((1, 8, 8), hidden=16, n_chains=20).chains.clone()  # seeded by the run too
+    start = RBM((1, 8, 8), hidden_units=16, n_chains=20).chains.clone()  # seeded by the run too
     metrics, objs = train(cfg)
     model = objs["model"]
     assert math.isfinite(metrics["test/loglik"]) and metrics["test/loglik"] < 0

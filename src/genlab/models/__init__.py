@@ -7,6 +7,7 @@ from genlab.models.cvae import CVAE
 from genlab.models.dbn import DBN
 from genlab.models.flow import NICE, Flow, Glow, RealNVP
 from genlab.models.gan import GAN
+from genlab.models.glann import GLANN
 from genlab.models.gumbel_vae import GumbelVAE
 from genlab.models.ogan import OGAN
 from genlab.models.rbm import RBM
@@ -19,6 +20,7 @@ __all__ = [
     "CVAE",
     "DBN",
     "GAN",
+    "GLANN",
     "NICE",
     "OGAN",
     "RBM",

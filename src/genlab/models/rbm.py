@@ -90,7 +90,7 @@ class RBM(BinaryImages, GenlabModule):
         self,
         data_shape: Sequence[int],
         num_classes: int = 0,
-        hidden: PositiveInt = 500,
+        hidden_units: PositiveInt = 500,
         cd_steps: PositiveInt = 1,
         persistent: bool = False,
         n_chains: PositiveInt = 100,
@@ -116,7 +116,7 @@ class RBM(BinaryImages, GenlabModule):
         self.data_shape = tuple(data_shape)
         require_images("model=rbm", self.data_shape)
         V = math.prod(self.data_shape)
-        self.rbm = RBMLayer(V, hidden, init_std=init_std)
+        self.rbm = RBMLayer(V, hidden_units, init_std=init_std)
         # Persistent fantasy particles (PCD): checkpointed with the weights, so a resumed
         # run continues the same chains. Start as uniform noise.
         self.register_buffer("chains", torch.bernoulli(torch.full((n_chains, V), 0.5)))
