@@ -165,6 +165,8 @@ def test_dbn_stages_pretrain_then_finetune_and_reload(make_cfg, tmp_path) -> Non
     assert epochs_of("val/loss") == [3, 4] and epochs_of("val/rbm1/recon") == [0]
     # Fine-tuning unrolled the stack into untied decoder weights.
     assert not torch.equal(model.dec_W[0], torch.zeros_like(model.dec_W[0]))
+    # ... and fine-tuned copies of the encoder, leaving the RBMs (the DBN) as pre-trained.
+    assert not torch.equal(model.enc_W[0], model.rbms[0].W)
     assert all(math.isfinite(metrics[k]) for k in ("test/loss", "test/mse"))
     assert metrics["test/mse"] < 64  # squared error per 8x8 image in [0, 1]: below all-wrong
     assert (tmp_path / "images" / "filters_epoch0000.png").exists()

@@ -6,8 +6,8 @@ Stages, in one run, by epoch:
    bottom-up; RBM l + 1 is trained with CD-k on the hidden probabilities of RBM l for
    the data. The top RBM of the auto-encoder stack has linear (unit-variance Gaussian)
    hidden units, the 30-d code of Hinton & Salakhutdinov (2006).
-2. fine-tuning: the stack is unrolled into an auto-encoder (encoder = the RBMs' up
-   weights, decoder = untied copies of their transposes) and trained with
+2. fine-tuning: the stack is unrolled into an auto-encoder (encoder = copies of the
+   RBMs' up weights, decoder = untied copies of their transposes) and trained with
    back-propagation on the pixels' cross-entropy, for the remaining epochs of
    ``trainer.max_epochs``. ``pretrain_epochs=0`` is the same auto-encoder from random
    initialisation: the baseline.
@@ -82,8 +82,14 @@ class DBN(BinaryImages, GenlabModule):
             RBMLayer(v, h, gaussian_hidden=gaussian_top and i == L - 1, init_std=init_std)
             for i, (v, h) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
         )
-        # Decoder of the unrolled auto-encoder: untied copies of the RBMs' down weights,
-        # set when fine-tuning starts (until then decode() uses the RBMs' own).
+        # The unrolled auto-encoder: copies of the RBMs' up weights (encoder) and untied
+        # copies of their transposes (decoder), set when fine-tuning starts (until then
+        # encode() / decode() use the RBMs' own). Fine-tuning moves the copies only, so
+        # the RBMs stay the DBN that sample() draws from.
+        self.enc_W = nn.ParameterList(
+            nn.Parameter(torch.zeros(v, h)) for v, h in zip(sizes, sizes[1:], strict=False)
+        )
+        self.enc_c = nn.ParameterList(nn.Parameter(torch.zeros(h)) for h in sizes[1:])
         self.dec_W = nn.ParameterList(
             nn.Parameter(torch.zeros(h, v)) for v, h in zip(sizes, sizes[1:], strict=False)
         )
@@ -117,8 +123,15 @@ class DBN(BinaryImages, GenlabModule):
         return v
 
     def encode(self, x: Tensor) -> Tensor:
-        """(B, V) or images -> (B, code) through the up weights."""
-        return self.propagate(x.flatten(1), self.num_layers)
+        """(B, V) or images -> (B, code) through the up weights: the fine-tuned encoder
+        once fine-tuning started, the RBMs' before."""
+        if not self.finetuning:
+            return self.propagate(x.flatten(1), self.num_layers)
+        h = x.flatten(1)
+        for i in range(self.num_layers):
+            a = h @ self.enc_W[i] + self.enc_c[i]
+            h = a if self.rbms[i].gaussian_hidden else torch.sigmoid(a)
+        return h
 
     def decode_logits(self, z: Tensor) -> Tensor:
         """(B, code) -> pixel logits (B, V): untied decoder once fine-tuning started,
@@ -197,8 +210,11 @@ class DBN(BinaryImages, GenlabModule):
 
     @torch.no_grad()
     def _unroll(self) -> None:
-        """Decoder := the RBMs' transposed weights and visible biases."""
+        """Encoder := the RBMs' up weights and hidden biases; decoder := their transposes
+        and visible biases."""
         for i, rbm in enumerate(self.rbms):
+            self.enc_W[i].copy_(rbm.W)
+            self.enc_c[i].copy_(rbm.c)
             self.dec_W[i].copy_(rbm.W.T)
             self.dec_b[i].copy_(rbm.b)
         log.info(f"DBN: {self.num_layers} RBMs unrolled into the auto-encoder; fine-tuning")
@@ -241,7 +257,7 @@ class DBN(BinaryImages, GenlabModule):
                 {"params": [rbm.b, rbm.c], "weight_decay": 0.0},
             ]
             opts.append(torch.optim.SGD(groups, lr=lr, momentum=h.initial_momentum))
-        ae = [p for r in self.rbms for p in (r.W, r.c)] + [*self.dec_W, *self.dec_b]
+        ae = [*self.enc_W, *self.enc_c, *self.dec_W, *self.dec_b]
         opts.append(make_optimizer(ae, h.finetune_optimizer, h.finetune_lr, 0.0))
         return opts
 
