@@ -189,6 +189,10 @@ def test_dbn_needs_epochs_for_finetuning(make_cfg) -> None:
     )
     with pytest.raises(ConfigError, match=r"trainer.max_epochs above 4"):
         train(cfg)
+    from genlab.models import DBN
+
+    with pytest.raises(ConfigError, match="model.hidden_sizes is empty"):
+        DBN((1, 8, 8), hidden_sizes=[])
 
 
 def test_pcd_chains_checkpoint_and_reload(make_cfg, tmp_path) -> None:

@@ -41,7 +41,7 @@ from genlab.checks import (
 from genlab.data.transforms import eval_generator
 from genlab.errors import ConfigError, require_images
 from genlab.models.common import GenlabModule, make_optimizer
-from genlab.models.rbm import BinaryImages, filter_images
+from genlab.models.rbm import BinaryImages, filter_images, rbm_sgd, set_momentum
 from genlab.nn.rbm import RBM as RBMLayer
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,11 @@ class DBN(BinaryImages, GenlabModule):
         self.automatic_optimization = False
         self.data_shape = tuple(data_shape)
         require_images("model=dbn", self.data_shape)
+        if not hidden_sizes:
+            raise ConfigError(
+                "model.hidden_sizes is empty: a DBN needs at least one RBM, e.g. "
+                "model.hidden_sizes=[1000,500,250,30]"
+            )
         sizes = [math.prod(self.data_shape), *hidden_sizes]
         L = len(hidden_sizes)
         self.rbms = nn.ModuleList(
@@ -202,11 +207,8 @@ class DBN(BinaryImages, GenlabModule):
             self._unroll()
         self.stage.fill_(stage)
         if stage < self.num_layers:
-            h = self.hparams
-            into = self.current_epoch - stage * h.pretrain_epochs
-            m = h.initial_momentum if into < h.momentum_epochs else h.momentum
-            for group in self.optimizers()[stage].optimizer.param_groups:
-                group["momentum"] = m
+            into = self.current_epoch - stage * self.hparams.pretrain_epochs
+            set_momentum(self.optimizers()[stage].optimizer, into, self.hparams)
 
     @torch.no_grad()
     def _unroll(self) -> None:
@@ -252,11 +254,7 @@ class DBN(BinaryImages, GenlabModule):
         opts = []
         for rbm in self.rbms:
             lr = h.top_lr if rbm.gaussian_hidden else h.rbm_lr
-            groups = [
-                {"params": [rbm.W], "weight_decay": h.weight_decay},
-                {"params": [rbm.b, rbm.c], "weight_decay": 0.0},
-            ]
-            opts.append(torch.optim.SGD(groups, lr=lr, momentum=h.initial_momentum))
+            opts.append(rbm_sgd(rbm, lr, h.initial_momentum, h.weight_decay))
         ae = [*self.enc_W, *self.enc_c, *self.dec_W, *self.dec_b]
         opts.append(make_optimizer(ae, h.finetune_optimizer, h.finetune_lr, 0.0))
         return opts

@@ -75,6 +75,23 @@ class BinaryImages:
             layer.b.copy_(base_rate_bias(p, count=x.shape[0]))
 
 
+def rbm_sgd(layer: RBMLayer, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with momentum for one RBM, weight decay on W only (Hinton's practical guide)."""
+    groups = [
+        {"params": [layer.W], "weight_decay": weight_decay},
+        {"params": [layer.b, layer.c], "weight_decay": 0.0},  # no decay on biases
+    ]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def set_momentum(optimizer: torch.optim.Optimizer, epochs_in: int, hp) -> None:
+    """``initial_momentum`` for the first ``momentum_epochs`` epochs of a layer's
+    training, ``momentum`` after (the practical guide's schedule)."""
+    m = hp.initial_momentum if epochs_in < hp.momentum_epochs else hp.momentum
+    for group in optimizer.param_groups:
+        group["momentum"] = m
+
+
 def filter_images(W: Tensor, data_shape: Sequence[int], n: int) -> Tensor:
     """The first n columns of W (V, H) as images (n, C, H, W), each scaled to [0, 1]."""
     w = W[:, :n].T.detach()
@@ -163,11 +180,8 @@ class RBM(BinaryImages, GenlabModule):
             self.init_from_data(self.rbm)
 
     def on_train_epoch_start(self) -> None:
-        h = self.hparams
-        m = h.initial_momentum if self.current_epoch < h.momentum_epochs else h.momentum
         for opt in self.trainer.optimizers:
-            for group in opt.param_groups:
-                group["momentum"] = m
+            set_momentum(opt, self.current_epoch, self.hparams)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         h = self.hparams
@@ -185,11 +199,7 @@ class RBM(BinaryImages, GenlabModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        groups = [
-            {"params": [self.rbm.W], "weight_decay": h.weight_decay},
-            {"params": [self.rbm.b, self.rbm.c], "weight_decay": 0.0},  # no decay on biases
-        ]
-        opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.initial_momentum)
+        opt = rbm_sgd(self.rbm, h.lr, h.initial_momentum, h.weight_decay)
         if not h.lr_decay:
             return opt
         # Linear decay to 0 at the last epoch (Tieleman 2008): PCD's chains mix only
