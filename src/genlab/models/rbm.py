@@ -112,7 +112,7 @@ class RBM(BinaryImages, GenlabModule):
         persistent: bool = False,
         n_chains: PositiveInt = 100,
         binarize: bool = True,
-        lr: PositiveFloat = 0.05,
+        lr: PositiveFloat = 0.01,
         momentum: UnitInterval = 0.9,
         initial_momentum: UnitInterval = 0.5,
         momentum_epochs: NonNegativeInt = 5,
