@@ -34,15 +34,6 @@ def _tiny(V: int = 6, H: int = 4, seed: int = 0, scale: float = 1.0) -> RBM:
     return rbm
 
 
-def _exact_joint(rbm: RBM) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All (v, h) pairs and their exact probabilities."""
-    vs, hs = _states(rbm.visible), _states(rbm.hidden)
-    v = vs.repeat_interleave(hs.shape[0], 0)
-    h = hs.repeat(vs.shape[0], 1)
-    logp = -rbm.energy(v, h)
-    return v, h, torch.softmax(logp, 0)
-
-
 def test_free_energy_is_minus_log_sum_over_hidden_states() -> None:
     rbm = _tiny()
     vs, hs = _states(6), _states(4)
@@ -64,7 +55,6 @@ def test_gaussian_hidden_free_energy_matches_numerical_integral() -> None:
 
 def test_exact_log_partition_matches_enumerating_both_layers() -> None:
     rbm = _tiny()
-    _, _, _ = _exact_joint(rbm)
     vs, hs = _states(6), _states(4)
     v = vs.repeat_interleave(16, 0)
     h = hs.repeat(64, 1)
@@ -175,8 +165,11 @@ def test_dbn_stages_pretrain_then_finetune_and_reload(make_cfg, tmp_path) -> Non
     best = tmp_path / "checkpoints" / "best.ckpt"
     again = DBN.load_from_checkpoint(best)
     assert again.finetuning
-    x = torch.rand(4, 64)
-    assert torch.equal(again.reconstruct(x), DBN.load_from_checkpoint(best).reconstruct(x))
+    # The reloaded network reproduces the test pass's number on the test split.
+    x_test = objs["datamodule"].splits["test"][0]
+    with torch.no_grad():
+        mse = again.ae_metrics(again.preprocess(x_test))["mse"]
+    assert float(mse) == pytest.approx(metrics["test/mse"], rel=1e-4)
     assert again.sample(3).shape == (3, 1, 8, 8)
 
 

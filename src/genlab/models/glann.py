@@ -43,7 +43,7 @@ from genlab.checks import (
 )
 from genlab.data.transforms import eval_generator, to_unit
 from genlab.errors import ConfigError, require_images
-from genlab.models.common import GenlabModule, make_optimizer
+from genlab.models.common import GenlabModule, UnitImageCodec, make_optimizer
 from genlab.nn import MLP, build_net
 from genlab.nn.losses import lap1_loss
 
@@ -92,8 +92,10 @@ class CodeTable(nn.Module):
         pass
 
 
-class GLANN(GenlabModule):
-    """GLO generator + per-image codes on the sphere, then an IMLE noise-to-code mapper."""
+class GLANN(UnitImageCodec, GenlabModule):
+    """GLO generator + per-image codes on the sphere, then an IMLE noise-to-code mapper.
+    Data space as the auto-encoders' (``UnitImageCodec``: grey values in [0, 1]);
+    ``encode`` / ``decode`` are its own."""
 
     def __init__(
         self,
@@ -132,14 +134,6 @@ class GLANN(GenlabModule):
             "pool_codes", F.normalize(torch.randn(encode_pool, latent_dim, generator=g), dim=1)
         )
         self.register_buffer("pool_rows", torch.zeros(0, dtype=torch.long), persistent=False)
-
-    # ---- data space -------------------------------------------------------------------
-    def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 batch -> grey values in [0, 1]; float data pass as they are."""
-        return to_unit(x) if x.dtype == torch.uint8 else x.float()
-
-    def to_image(self, x: Tensor) -> Tensor:
-        return x.clamp(0, 1)
 
     # ---- networks ---------------------------------------------------------------------
     def decode(self, z: Tensor) -> Tensor:
