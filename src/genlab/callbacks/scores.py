@@ -15,6 +15,8 @@ from genlab.callbacks.training import is_due
 from genlab.checks import NonNegativeInt, PositiveInt, Seed, check_args
 from genlab.errors import ConfigError
 
+PROBES = ("linear_probe_acc", "knn_acc", "mlp_probe_acc")  # test/<name>, see probe_scores
+
 
 class SampleScores(pl.Callback):
     """FID / KID of samples, conditional accuracy and latent probes (``metrics.*``).
@@ -23,10 +25,13 @@ class SampleScores(pl.Callback):
       every ``every_n_epochs`` epochs and after the last; ``test/fid``, ``test/kid``
       with ``n_test`` at test time.
     - ``{split}/cond_acc``: models with ``sample_conditional(labels, generator)``.
-    - ``test/linear_probe_acc``, ``test/knn_acc``: models with ``encode`` (frozen latents
-      of ``n_probe_train`` training images, scored on the test split).
+    - ``test/linear_probe_acc``, ``test/knn_acc``, ``test/mlp_probe_acc``: models with
+      ``encode``, samplers or not (logistic regression, a 5-NN vote and a one-hidden-layer
+      classifier fitted on the frozen codes of ``n_probe_train`` training images, scored
+      on the test split).
 
-    Applies to models of images that can ``sample``; others are skipped silently.
+    FID / KID and cond_acc apply to models of images that can ``sample``, the probes to
+    models of images that ``encode``; anything else is skipped silently.
     Features come from genlab's per-data-set network (trained and cached on first use) or,
     with ``features="inception"``, torchmetrics' Inception. The network lives here, frozen:
     never in the optimiser or the model's checkpoint. Real features are cached per data
@@ -64,18 +69,23 @@ class SampleScores(pl.Callback):
 
     @staticmethod
     def applies(pl_module: nn.Module) -> bool:
-        """Images (C, H, W) and a sampler."""
+        """Images (C, H, W) and a sampler: FID / KID (and cond_acc)."""
         return len(getattr(pl_module, "data_shape", ())) == 3 and hasattr(pl_module, "sample")
+
+    def probes_apply(self, pl_module: nn.Module) -> bool:
+        """Images (C, H, W) and an encoder, with ``probes`` on."""
+        images = len(getattr(pl_module, "data_shape", ())) == 3
+        return self.probes and images and hasattr(pl_module, "encode")
 
     def metric_names(self, pl_module: nn.Module, split: str) -> set[str]:
         """What this callback logs for ``pl_module`` on ``split``."""
-        if not self.applies(pl_module) or (split == "val" and self.every_n_epochs == 0):
-            return set()
-        names = {f"{split}/fid", f"{split}/kid"}
-        if hasattr(pl_module, "sample_conditional"):
-            names.add(f"{split}/cond_acc")
-        if split == "test" and self.probes and hasattr(pl_module, "encode"):
-            names |= {"test/linear_probe_acc", "test/knn_acc"}
+        names = set()
+        if self.applies(pl_module) and (split == "test" or self.every_n_epochs > 0):
+            names = {f"{split}/fid", f"{split}/kid"}
+            if hasattr(pl_module, "sample_conditional"):
+                names.add(f"{split}/cond_acc")
+        if split == "test" and self.probes_apply(pl_module):
+            names |= {f"test/{k}" for k in PROBES}
         return names
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -113,20 +123,27 @@ class SampleScores(pl.Callback):
     @torch.no_grad()
     def scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict:
         """Every score that applies to this model on ``split``: {"<split>/<name>": value}."""
-        from genlab.metrics.scores import (
-            classify,
-            encode_all,
-            fid_kid_of,
-            generate,
-            knn_acc,
-            linear_probe_acc,
-            set_real,
-        )
+        was_training = pl_module.training
+        pl_module.eval()
+        out: dict[str, float] = {}
+        if self.applies(pl_module):
+            out.update(self.sample_scores(trainer, pl_module, split))
+        if split == "test" and self.probes_apply(pl_module) and trainer.is_global_zero:
+            from genlab.metrics.scores import probe_scores
+
+            dm = trainer.datamodule
+            train = tuple(t[: self.n_probe_train] for t in dm.splits["train"][:2])
+            scores = probe_scores(pl_module, train, tuple(dm.splits["test"][:2]))
+            out.update({f"test/{k}": v for k, v in scores.items()})
+        pl_module.train(was_training)
+        return out
+
+    def sample_scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str):
+        """FID / KID of samples on ``split`` (all ranks) and cond_acc (rank 0)."""
+        from genlab.metrics.scores import classify, fid_kid_of, generate, set_real
 
         self._setup(trainer, pl_module)
         dm = trainer.datamodule
-        was_training = pl_module.training
-        pl_module.eval()
         out: dict[str, float] = {}
         real = self._real(trainer, split, self.n[split])
         n = real.shape[0]
@@ -138,22 +155,12 @@ class SampleScores(pl.Callback):
         fake = generate(pl_module, len(range(rank, n, world)), seed=self.seed + 7919 * rank)
         s = fid_kid_of(*self.metrics, fake, n_total=n)
         out[f"{split}/fid"], out[f"{split}/kid"] = s["fid"], s["kid"]
-        if not trainer.is_global_zero:  # the rest works on one process, without collectives
-            pl_module.train(was_training)
-            return out
-        if hasattr(pl_module, "sample_conditional"):
+        if trainer.is_global_zero and hasattr(pl_module, "sample_conditional"):
             labels = torch.arange(n, device=pl_module.device) % dm.num_classes
             g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
             imgs = pl_module.sample_conditional(labels, generator=g)
             pred = classify(self.net, imgs.float().clamp(0, 1))
             out[f"{split}/cond_acc"] = float((pred == labels).float().mean())
-        if split == "test" and self.probes and hasattr(pl_module, "encode"):
-            x_tr, y_tr = (t[: self.n_probe_train].to(pl_module.device) for t in dm.splits["train"])
-            x_te, y_te = (t.to(pl_module.device) for t in dm.splits["test"])
-            z_tr, z_te = encode_all(pl_module, x_tr), encode_all(pl_module, x_te)
-            out["test/linear_probe_acc"] = linear_probe_acc(z_tr, y_tr, z_te, y_te)
-            out["test/knn_acc"] = knn_acc(z_tr, y_tr, z_te, y_te)
-        pl_module.train(was_training)
         return out
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -163,7 +170,7 @@ class SampleScores(pl.Callback):
             self._log(pl_module, self.scores(trainer, pl_module, "val"))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.datamodule is not None and self.applies(pl_module):
+        if trainer.datamodule is not None and self.metric_names(pl_module, "test"):
             self._log(pl_module, self.scores(trainer, pl_module, "test"))
 
     @staticmethod

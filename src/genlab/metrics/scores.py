@@ -1,5 +1,6 @@
 """Sample-quality and representation scores: FID / KID (torchmetrics, with genlab's own
-feature network or Inception), conditional accuracy, linear and k-NN probes."""
+feature network or Inception), conditional accuracy, and probes of frozen codes (linear,
+k-NN and one-hidden-layer classifiers)."""
 
 from __future__ import annotations
 
@@ -193,3 +194,65 @@ def knn_acc(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Tensor, k:
         votes = torch.nn.functional.one_hot(nn_labels, classes).sum(1)  # (b, classes)
         correct += int((votes.argmax(1) == y_test[i : i + 1000]).sum())
     return correct / z_test.shape[0]
+
+
+def mlp_probe_acc(
+    z_train: Tensor,
+    y_train: Tensor,
+    z_test: Tensor,
+    y_test: Tensor,
+    hidden: int = 200,
+    dropout: float = 0.1,
+    steps: int = 3000,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> float:
+    """Accuracy of a one-hidden-layer classifier (``hidden`` ReLU units, dropout) on
+    standardised frozen latents, as Deep InfoMax's non-linear probe: Adam (lr 1e-3),
+    ``steps`` mini-batch steps, on the latents' device."""
+    # Test and validation loops run in inference mode: leave it to train (clones are
+    # ordinary tensors autograd may save).
+    with torch.inference_mode(False), torch.enable_grad():
+        return _fit_mlp_probe(
+            *(t.clone() for t in (z_train, y_train, z_test, y_test)),
+            hidden, dropout, steps, batch_size, seed,
+        )  # fmt: skip
+
+
+def _fit_mlp_probe(z_train, y_train, z_test, y_test, hidden, dropout, steps, batch_size, seed):
+    mean, std = z_train.mean(0), z_train.std(0).clamp_min(1e-6)
+    a, b = (z_train - mean) / std, (z_test - mean) / std  # (N, d)
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the initial weights and dropout masks
+        layers = [nn.Linear(a.shape[1], hidden), nn.ReLU(), nn.Dropout(dropout)]
+        net = nn.Sequential(*layers, nn.Linear(hidden, classes)).to(a.device)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        for _ in range(steps):
+            idx = torch.randint(a.shape[0], (batch_size,), generator=g).to(a.device)
+            loss = nn.functional.cross_entropy(net(a[idx]), y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        pred = torch.cat([net(b[i : i + 4096]).argmax(1) for i in range(0, b.shape[0], 4096)])
+    return float((pred == y_test).float().mean())
+
+
+def probe_scores(
+    model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]
+) -> dict[str, float]:
+    """Linear, 5-NN and MLP probe accuracies of ``model.encode`` on (images, labels) pairs
+    of a training and a test split: {"linear_probe_acc", "knn_acc", "mlp_probe_acc"}.
+    The model must be in eval mode; codes are the encoder's mean (VAE) or code (AE)."""
+    dev = next(model.parameters()).device
+    x_tr, y_tr = (t.to(dev) for t in train)
+    x_te, y_te = (t.to(dev) for t in test)
+    z_tr, z_te = encode_all(model, x_tr), encode_all(model, x_te)
+    return {
+        "linear_probe_acc": linear_probe_acc(z_tr, y_tr, z_te, y_te),
+        "knn_acc": knn_acc(z_tr, y_tr, z_te, y_te),
+        "mlp_probe_acc": mlp_probe_acc(z_tr, y_tr, z_te, y_te),
+    }

@@ -9,9 +9,11 @@ from genlab.models.flow import NICE, Flow, Glow, RealNVP
 from genlab.models.gan import GAN
 from genlab.models.glann import GLANN
 from genlab.models.gumbel_vae import GumbelVAE
+from genlab.models.infomax import InfoMax
 from genlab.models.ogan import OGAN
 from genlab.models.rbm import RBM
 from genlab.models.vae import VAE
+from genlab.models.vib import VIB
 
 __all__ = [
     "AAE",
@@ -25,8 +27,10 @@ __all__ = [
     "OGAN",
     "RBM",
     "VAE",
+    "VIB",
     "Flow",
     "Glow",
     "GumbelVAE",
+    "InfoMax",
     "RealNVP",
 ]

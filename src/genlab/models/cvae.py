@@ -21,6 +21,8 @@ from genlab.models.vae import VAE
 class CVAE(VAE):
     """A VAE whose prior mean is learned per class (labels come with every batch)."""
 
+    uses_labels = True  # trained with the labels: probe tables mark it
+
     def __init__(self, *args, class_mean_init: NonNegativeFloat = 1.0, **kwargs) -> None:
         check_args(type(self), {"class_mean_init": class_mean_init}, "model")
         super().__init__(*args, **kwargs)

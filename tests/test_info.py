@@ -1,0 +1,195 @@
+"""Information families: MI estimators on Gaussians of known MI, the VIB's rate and loss,
+Deep InfoMax's objective, probes for encoders that cannot sample, reloads."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import csv_rows
+
+from genlab.callbacks.scores import PROBES
+from genlab.data.transforms import eval_generator
+from genlab.metrics.mutual_info import donsker_varadhan, infonce, jsd, mi_lower_bound
+from genlab.models import VIB, InfoMax
+from genlab.train import train
+
+
+def gaussian_pairs(rho: float, d: int, b: int, g: torch.Generator):
+    """b draws of (a, c) in R^d x R^d, each coordinate pair correlated by rho; the true
+    MI is -d/2 log(1 - rho^2); returns a, c (b, d) and the true MI."""
+    a = torch.randn(b, d, generator=g, dtype=torch.float64)
+    c = rho * a + math.sqrt(1 - rho**2) * torch.randn(b, d, generator=g, dtype=torch.float64)
+    return a, c, -d / 2 * math.log(1 - rho**2)
+
+
+def optimal_scores(a, c, rho: float):
+    """T*(a_i, c_j) = log p(c_j | a_i) - log p(c_j): the pointwise MI, (B, B)."""
+    s2 = 1 - rho**2
+    diff = c[None, :, :] - rho * a[:, None, :]  # (B, B, d)
+    log_cond = -0.5 * (diff.pow(2) / s2 + math.log(2 * math.pi * s2)).sum(-1)
+    log_marg = -0.5 * (c.pow(2) + math.log(2 * math.pi)).sum(-1)  # (B,)
+    return log_cond - log_marg[None, :]
+
+
+def mean_estimate(fn, rho: float, d: int = 2, b: int = 256, reps: int = 8, scale: float = 1.0):
+    g = torch.Generator().manual_seed(0)
+    vals = []
+    for _ in range(reps):
+        a, c, true = gaussian_pairs(rho, d, b, g)
+        vals.append(float(fn(scale * optimal_scores(a, c, rho))))
+    return sum(vals) / reps, true
+
+
+@pytest.mark.parametrize("rho", [0.3, 0.6, 0.8, 0.9])
+def test_infonce_and_dv_are_lower_bounds_tight_for_the_optimal_critic(rho: float) -> None:
+    for fn in (infonce, donsker_varadhan):
+        est, true = mean_estimate(fn, rho)
+        assert est <= true + 0.05, (fn.__name__, est, true)  # 0.05: sampling noise
+        assert est >= true - 0.1, (fn.__name__, est, true)  # MI <= 1.7 << log 256 = 5.5
+        # Any other critic gives less: a lower bound, not an estimate that can overshoot.
+        worse, _ = mean_estimate(fn, rho, scale=0.5)
+        assert worse < est - 0.02
+    # InfoNCE never exceeds log B, whatever the true MI (here 9.9 nats > log 16 = 2.8).
+    nce, true = mean_estimate(infonce, 0.999, d=2, b=16)
+    assert true > math.log(16) and nce <= math.log(16) + 1e-9
+
+
+def test_jsd_is_monotone_in_the_true_mi_and_bounded() -> None:
+    vals = [mean_estimate(jsd, rho)[0] for rho in (0.0, 0.3, 0.6, 0.8, 0.9, 0.99)]
+    assert all(b > a for a, b in zip(vals, vals[1:], strict=False)), vals
+    assert vals[-1] <= 2 * math.log(2)
+    assert abs(vals[0] - (-2 * math.log(2))) < 0.1  # independent: T* = 0, -2 softplus(0)
+
+
+def test_local_scores_average_the_per_location_estimates() -> None:
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(8, 8, 5, generator=g)
+    for name in ("infonce", "dv", "jsd"):
+        per_loc = torch.stack([mi_lower_bound(s[:, :, i], name) for i in range(5)]).mean()
+        assert torch.allclose(mi_lower_bound(s, name), per_loc, atol=1e-6), name
+
+
+def tiny_vib(beta: float) -> VIB:
+    torch.manual_seed(0)
+    return VIB((1, 8, 8), num_classes=10, latent_dim=6, beta=beta,
+               net={"arch": "genlab.nn.MLP", "hidden_sizes": [16]})  # fmt: skip
+
+
+def test_vib_kl_is_the_analytic_gaussian_kl_and_beta0_is_cross_entropy() -> None:
+    model = tiny_vib(0.0).eval()
+    x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 10, (32,))
+    xf = model.preprocess(x)
+    mu, log_var = model.posterior(xf)
+    q = torch.distributions.Normal(mu, (0.5 * log_var).exp())
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    kl = torch.distributions.kl_divergence(q, p).sum(-1)
+    t = model.terms(xf, y, model.net)
+    assert torch.allclose(t["kl"], kl, rtol=1e-4, atol=1e-4)
+    # sigma = softplus(s - 5): the paper's parameterisation
+    s = model.net["encoder"](xf)[:, 6:]
+    assert torch.allclose((0.5 * log_var).exp(), F.softplus(s - 5), rtol=1e-5)
+    # beta = 0: the loss is the cross-entropy of the decoder at z = mu + sigma * eps
+    out = model.batch_metrics((x, y, torch.arange(32)), 0)
+    eps = torch.randn(mu.shape, generator=eval_generator(torch.device("cpu"), 0))
+    manual = F.cross_entropy(model.net["decoder"](mu + (0.5 * log_var).exp() * eps), y)
+    assert torch.allclose(out["loss"], manual, atol=1e-5)
+    assert torch.allclose(out["loss"], out["ce"])
+    assert torch.allclose(out["izy"], model.label_entropy - out["ce"])
+
+
+def test_vib_rate_weight_enters_the_loss() -> None:
+    model = tiny_vib(0.5).eval()
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 10, (16,))
+    out = model.batch_metrics((x, y, torch.arange(16)), 0, full=True)
+    assert torch.allclose(out["loss"], out["ce"] + 0.5 * out["kl"])
+    assert 0 <= float(out["error_avg"]) <= 1
+
+
+def test_infomax_needs_a_term_and_fitting_images() -> None:
+    from genlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="alpha > 0 .* or model.beta > 0"):
+        InfoMax((1, 28, 28), alpha=0.0, beta=0.0)
+    with pytest.raises(ConfigError, match="divisible by 8"):
+        InfoMax((1, 28, 28), channels=[8, 16, 32])
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
+def test_infomax_objective_combines_the_weighted_terms(estimator: str) -> None:
+    torch.manual_seed(0)
+    model = InfoMax((1, 8, 8), code_dim=4, channels=[8], hidden_width=16, embed_dim=8,
+                    estimator=estimator, alpha=0.7, beta=1.3, gamma=0.2)  # fmt: skip
+    x = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8)
+    t = model.objective(model.preprocess(x))
+    want = -(0.7 * t["mi_global"] + 1.3 * t["mi_local"]) + 0.2 * t["prior_g_loss"]
+    assert torch.allclose(t["loss"], want)
+    assert all(torch.isfinite(v) for v in t.values())
+    assert float(t["mi_global"].detach()) != 0 and float(t["mi_local"].detach()) != 0
+    y = model.encode(model.preprocess(x))
+    assert y.shape == (12, 4) and float(y.min()) >= 0 and float(y.max()) <= 1  # uniform prior
+
+
+def test_infomax_learns_codes_that_identify_images(make_cfg, tmp_path: Path) -> None:
+    """A few epochs on digits: the local InfoNCE rises well above its start, every term is
+    logged, the probes run without a sampler, and the checkpoint reloads without Hydra."""
+    cfg = make_cfg(
+        "model=infomax",
+        "model.channels=[16]",
+        "model.hidden_width=64",
+        "model.embed_dim=32",
+        "model.lr=1e-3",
+        "trainer.max_epochs=4",
+        "trainer.log_every_n_steps=1",
+    )
+    metrics, objs = train(cfg)
+    rows = csv_rows(tmp_path)
+    local = [float(r["val/mi_local"]) for r in rows if r.get("val/mi_local")]
+    assert all(b > a for a, b in zip(local, local[1:], strict=False)) and local[-1] > 0.25, local
+    keys = set().union(*(r.keys() for r in rows))
+    for k in ("loss", "mi_global", "mi_local", "prior_d_loss", "prior_g_loss"):
+        assert f"train/{k}" in keys and f"val/{k}" in keys
+    assert all(0.5 < metrics[f"test/{k}"] <= 1 for k in PROBES), metrics
+    assert not any(k.endswith(("fid", "kid")) for k in keys)  # no sampler, no FID
+    model = objs["model"]
+    again = InfoMax.load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt").eval()
+    x = model.preprocess(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8))
+    assert torch.allclose(again.encode(x), again.encode(x))  # eval mode: deterministic
+
+
+def test_vib_trains_and_reloads_its_averaged_weights(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(
+        "model=vib",
+        "model.net.hidden_sizes=[64]",
+        "model.latent_dim=16",
+        "model.lr=1e-2",
+        "model.ema_decay=0.9",
+        "trainer.max_epochs=3",
+    )
+    metrics, objs = train(cfg)
+    assert metrics["test/error"] < 0.3 and metrics["test/error_avg"] < 0.3, metrics
+    assert metrics["test/kl"] > 0 and metrics["test/izy"] > 1.0
+    assert 0 <= metrics["test/linear_probe_acc"] <= 1
+    model = objs["model"]
+    # H(Y) of the training labels (digits: near-uniform, just under log 10)
+    assert 2.28 < float(model.label_entropy) <= math.log(10)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    again = VIB.load_from_checkpoint(path).eval()
+    x = again.preprocess(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8))
+    ref = VIB.load_from_checkpoint(path).eval()
+    assert torch.equal(again.encode(x), ref.encode(x))
+    # evaluation uses the average, which differs from the raw weights after training
+    raw = again.posterior(x, again.net)[0]
+    assert not torch.allclose(again.encode(x), raw)
+
+
+def test_vib_refuses_unlabelled_data() -> None:
+    from genlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs labelled data"):
+        VIB((1, 8, 8), num_classes=0)
