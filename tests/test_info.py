@@ -193,3 +193,24 @@ def test_vib_refuses_unlabelled_data() -> None:
 
     with pytest.raises(ConfigError, match="needs labelled data"):
         VIB((1, 8, 8), num_classes=0)
+
+
+def test_random_shift_translates_each_image_within_the_range() -> None:
+    from genlab.models.infomax import random_shift
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 2, 6, 6, generator=g) + 1.0  # background (the minimum) is below 1
+    y = random_shift(x, 2, torch.Generator().manual_seed(1))
+    pad = F.pad(x, (2, 2, 2, 2), value=float(x.min()))
+    offsets = set()
+    for b in range(16):
+        match = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(y[b], pad[b, :, dy : dy + 6, dx : dx + 6])
+        ]
+        assert len(match) == 1, b  # one translation in [-2, 2]^2, channels moved together
+        offsets.add(match[0])
+    assert len(offsets) > 4  # each image draws its own offset
+    assert torch.equal(random_shift(x, 0), x)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from genlab.checks import (
     NonNegativeFloat,
+    NonNegativeInt,
     OptimizerName,
     PositiveFloat,
     PositiveInt,
@@ -74,6 +75,7 @@ class InfoMax(GenlabModule):
         beta: NonNegativeFloat = 1.0,
         gamma: NonNegativeFloat = 0.1,
         prior: Literal["uniform", "gaussian"] = "uniform",
+        shift: NonNegativeInt = 0,
         disc_hidden_sizes: Sequence[PositiveInt] = (1000, 200),
         lr: PositiveFloat = 1e-4,
         betas: Betas = (0.5, 0.999),
@@ -169,9 +171,15 @@ class InfoMax(GenlabModule):
         g_loss = F.softplus(-self.discriminator(code)).mean()
         return {"prior_d_loss": d_loss, "prior_g_loss": g_loss}
 
-    def objective(self, x: Tensor, generator=None) -> dict[str, Tensor]:
+    def objective(self, x: Tensor, generator=None, augment: bool = False) -> dict[str, Tensor]:
+        """The terms of one batch. ``augment`` (training, ``shift`` > 0): the code comes
+        from one random translation of each image, the local map from another."""
         h = self.hparams
-        local, code = self.features(x)
+        if augment and h.shift > 0:
+            local = self.local_net(random_shift(x, h.shift))
+            code = self.features(random_shift(x, h.shift))[1]
+        else:
+            local, code = self.features(x)
         t = self.mi_terms(local, code)
         t.update(self.prior_losses(code, generator))
         t["loss"] = (
@@ -182,7 +190,7 @@ class InfoMax(GenlabModule):
     # ---- Lightning --------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
         opt_e, opt_d = self.optimizers()
-        t = self.objective(self.preprocess(batch[0]))
+        t = self.objective(self.preprocess(batch[0]), augment=True)
         opt_e.zero_grad(set_to_none=True)
         self.manual_backward(t["loss"])
         opt_e.step()
@@ -210,3 +218,16 @@ class InfoMax(GenlabModule):
             make_optimizer(enc, h.optimizer, h.lr, h.weight_decay, **kw),
             make_optimizer(list(disc), h.optimizer, h.lr, h.weight_decay, **kw),
         ]
+
+
+def random_shift(x: Tensor, s: int, generator: torch.Generator | None = None) -> Tensor:
+    """Each image translated by its own random offset in [-s, s] pixels each way, the
+    border filled with the background (the minimum value): (B, C, H, W) -> same."""
+    b, _, hgt, wid = x.shape
+    pad = F.pad(x, (s, s, s, s), value=float(x.min()))  # (B, C, H + 2s, W + 2s)
+    off = torch.randint(0, 2 * s + 1, (2, b), generator=generator, device=x.device)
+    rows = off[0, :, None] + torch.arange(hgt, device=x.device)  # (B, H)
+    cols = off[1, :, None] + torch.arange(wid, device=x.device)  # (B, W)
+    idx = torch.arange(b, device=x.device)[:, None, None]
+    # advanced indexing puts the channel axis last: (B, H, W, C) -> (B, C, H, W)
+    return pad[idx, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
