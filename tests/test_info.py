@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import csv_rows
+from omegaconf import OmegaConf
 
 from genlab.callbacks.scores import PROBES
 from genlab.data.transforms import eval_generator
@@ -71,6 +72,23 @@ def test_local_scores_average_the_per_location_estimates() -> None:
     for name in ("infonce", "dv", "jsd"):
         per_loc = torch.stack([mi_lower_bound(s[:, :, i], name) for i in range(5)]).mean()
         assert torch.allclose(mi_lower_bound(s, name), per_loc, atol=1e-6), name
+
+
+def _representations_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "representations.py"
+    spec = importlib.util.spec_from_file_location("representations", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def csv_dict_rows(path: Path):
+    import csv
+
+    with path.open() as f:
+        yield from csv.DictReader(f)
 
 
 def tiny_vib(beta: float) -> VIB:
@@ -160,6 +178,16 @@ def test_infomax_learns_codes_that_identify_images(make_cfg, tmp_path: Path) -> 
     again = InfoMax.load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt").eval()
     x = model.preprocess(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8))
     assert torch.allclose(again.encode(x), again.encode(x))  # eval mode: deterministic
+    # scripts/representations.py, from the checkpoint alone, repeats the run's probes
+    # (the tested checkpoint, the same probe code and training images).
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # as a Hydra run leaves it
+    rows = _representations_script().main([str(tmp_path), "--out", str(tmp_path / "table")])
+    row = next(csv_dict_rows(tmp_path / "table" / "probes.csv"))
+    assert row["family"] == "InfoMax" and int(row["code_dim"]) == 64
+    for k in PROBES:
+        assert abs(float(row[k]) - 100 * metrics[f"test/{k}"]) < 0.01, (k, row, metrics)
+    assert (tmp_path / "probes.json").is_file() and rows is None
 
 
 def test_vib_trains_and_reloads_its_averaged_weights(make_cfg, tmp_path: Path) -> None:
