@@ -91,6 +91,12 @@ def make_optimizer(
         raise ConfigError(f"model.optimizer_kwargs={kwargs!r} do not fit {name}: {e}") from None
 
 
+def adam_betas(name: str, betas: Iterable[float]) -> dict[str, tuple[float, ...]]:
+    """``{"betas": betas}`` for the Adam family (Adam, AdamW, ...), else nothing: the
+    families' ``model.betas`` applies only where the optimiser has them."""
+    return {"betas": tuple(betas)} if "Adam" in name else {}
+
+
 class StepMetrics:
     """Training-step metrics averaged on the device over each logging window.
 

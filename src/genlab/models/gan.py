@@ -38,7 +38,7 @@ from genlab.checks import (
     check_args,
 )
 from genlab.data.transforms import eval_generator, to_symmetric
-from genlab.models.common import GenlabModule, make_optimizer
+from genlab.models.common import GenlabModule, adam_betas, make_optimizer
 from genlab.nn import MLP, Conv, build_net
 
 Loss = Literal["wgan_gp", "hinge", "nonsaturating"]
@@ -256,7 +256,7 @@ class GAN(GenlabModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         h = self.hparams
-        kw = {"betas": tuple(h.betas)} if "Adam" in h.optimizer else {}
+        kw = adam_betas(h.optimizer, h.betas)
         return [
             make_optimizer(params, h.optimizer, lr, h.weight_decay, **kw)
             for params, lr in (

@@ -40,7 +40,7 @@ from genlab.checks import (
 from genlab.data.transforms import to_symmetric
 from genlab.errors import ConfigError, require_images
 from genlab.metrics.mutual_info import Estimator, mi_lower_bound
-from genlab.models.common import GenlabModule, make_optimizer
+from genlab.models.common import GenlabModule, adam_betas, make_optimizer
 from genlab.models.gan import Betas
 
 
@@ -211,7 +211,7 @@ class InfoMax(GenlabModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         h = self.hparams
-        kw = {"betas": tuple(h.betas)} if "Adam" in h.optimizer else {}
+        kw = adam_betas(h.optimizer, h.betas)
         disc = set(self.discriminator.parameters())
         enc = [p for p in self.parameters() if p not in disc]
         return [

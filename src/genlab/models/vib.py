@@ -36,7 +36,7 @@ from genlab.checks import (
 from genlab.data.transforms import eval_generator, to_unit
 from genlab.errors import ConfigError
 from genlab.metrics import gaussian_kl
-from genlab.models.common import GenlabModule, make_optimizer
+from genlab.models.common import GenlabModule, adam_betas, make_optimizer
 from genlab.models.gan import Betas
 from genlab.nn import build_net
 
@@ -168,7 +168,7 @@ class VIB(GenlabModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        kw = {"betas": tuple(h.betas)} if "Adam" in h.optimizer else {}
+        kw = adam_betas(h.optimizer, h.betas)
         opt = make_optimizer(self.net.parameters(), h.optimizer, h.lr, h.weight_decay, **kw)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=h.decay_every, gamma=h.lr_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
