@@ -124,11 +124,13 @@ def test_help_lists_groups_and_options() -> None:
 def test_hyperparameter_names_mean_one_thing() -> None:
     """No family's hyper-parameter shadows a dict method of its hparams (``update`` once
     did), and width names say their type: ``*_sizes`` lists, ``*_width`` / ``channels``
-    integers (the flows' conv channels), never a bare ``hidden``."""
+    integers (the flows' conv channels; lists for Conv-style encoders), never a bare
+    ``hidden``."""
     import inspect
 
     import genlab.models as models
     from genlab.checks import signature_of
+    from genlab.models import InfoMax
     from genlab.nn import MLP, Conv
 
     classes = [c for c in vars(models).values() if inspect.isclass(c)] + [MLP, Conv]
@@ -140,5 +142,6 @@ def test_hyperparameter_names_mean_one_thing() -> None:
             default = p.default
             if name.endswith("_sizes"):
                 assert isinstance(default, (list, tuple)), f"{cls.__name__}.{name}"
-            if name.endswith("_width") or (name == "channels" and cls not in (Conv,)):
+            # Conv-style encoders (the Conv net, InfoMax's) list one width per layer.
+            if name.endswith("_width") or (name == "channels" and cls not in (Conv, InfoMax)):
                 assert isinstance(default, int), f"{cls.__name__}.{name}"
