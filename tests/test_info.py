@@ -149,7 +149,7 @@ def test_infomax_objective_combines_the_weighted_terms(estimator: str) -> None:
     assert torch.allclose(t["loss"], want)
     assert all(torch.isfinite(v) for v in t.values())
     assert float(t["mi_global"].detach()) != 0 and float(t["mi_local"].detach()) != 0
-    y = model.encode(model.preprocess(x))
+    y = model.encode(model.preprocess(x)).detach()
     assert y.shape == (12, 4) and float(y.min()) >= 0 and float(y.max()) <= 1  # uniform prior
 
 
