@@ -146,3 +146,34 @@ def test_gan_on_2d_data_with_mlp_nets(make_cfg, tmp_path, update: str) -> None:
     assert objs["trainer"].global_step == batches + g_steps
     assert (tmp_path / "images" / "samples_epoch0001.png").is_file()
     assert objs["model"].sample(7).shape == (7, 2)
+
+
+def test_conv_net_gan_options_normalise_as_documented() -> None:
+    from genlab.nn import Conv
+
+    def kinds(net: torch.nn.Module) -> list[str]:
+        return [type(m).__name__ for m in net]
+
+    # Defaults: the layers (and so the checkpoints' keys) of the plain DCGAN-style nets.
+    plain = Conv(channels=[8, 16], hidden_width=32)
+    assert kinds(plain.encoder((1, 28, 28), 3)) == [
+        "Conv2d", "ReLU", "Conv2d", "ReLU", "Flatten", "Linear", "ReLU", "Linear",
+    ]  # fmt: skip
+    dec = Conv(channels=[8, 16], hidden_width=32, decoder_norm="batch").decoder(3, (1, 28, 28))
+    assert kinds(dec).count("BatchNorm1d") == 2 and kinds(dec).count("BatchNorm2d") == 1
+    assert kinds(dec)[-1] == "ConvTranspose2d"  # no norm or activation on the output
+    for norm, cls in (("batch", "BatchNorm2d"), ("layer", "LayerNorm")):
+        enc = Conv(channels=[8, 16, 32], encoder_norm=norm).encoder((1, 32, 32), 1)
+        assert kinds(enc).count(cls) == 2 and kinds(enc)[1] == "ReLU"  # not after the first
+        assert enc(torch.randn(4, 1, 32, 32)).shape == (4, 1)
+    # Spectral norm: after the power iterations settle, every layer's largest singular
+    # value is 1 (the critic is 1-Lipschitz layer by layer).
+    torch.manual_seed(0)
+    enc = Conv(channels=[8, 16], hidden_width=32, spectral_norm=True).encoder((1, 28, 28), 1)
+    for _ in range(30):
+        enc(torch.randn(8, 1, 28, 28))  # training mode: one power iteration per call
+    layers = [m for m in enc if hasattr(m, "parametrizations")]
+    assert len(layers) == 4
+    for m in layers:
+        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
+        assert abs(float(sigma) - 1.0) < 0.05, (m, float(sigma))

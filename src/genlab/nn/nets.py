@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 from torch import nn
 
@@ -64,7 +65,11 @@ class Conv:
 
     Encoder: one 4x4 stride-2 conv per entry of ``channels`` (halving H and W), then a
     fully connected layer of ``hidden_width`` units. The decoder mirrors it with
-    transposed convolutions.
+    transposed convolutions. GAN options (all off by default): ``decoder_norm=batch``
+    (batch norm after every generator layer but the output, DCGAN), ``encoder_norm``
+    (``batch`` or ``layer`` after every critic conv but the first; layer norm keeps the
+    examples independent, as a gradient penalty needs) and ``spectral_norm`` (every
+    encoder layer, SNGAN).
     """
 
     def __init__(
@@ -72,11 +77,31 @@ class Conv:
         channels: Sequence[PositiveInt] = (32, 64),
         hidden_width: PositiveInt = 256,
         activation: ActivationName = "ReLU",
+        encoder_norm: Literal["none", "batch", "layer"] = "none",
+        decoder_norm: Literal["none", "batch"] = "none",
+        spectral_norm: bool = False,
     ) -> None:
         check_args(type(self), locals(), "model.net")
         self.channels = list(channels)
         self.hidden_width = hidden_width
         self.activation = activation
+        self.encoder_norm = encoder_norm
+        self.decoder_norm = decoder_norm
+        self.spectral_norm = spectral_norm
+
+    def _enc(self, layer: nn.Module) -> nn.Module:
+        """An encoder (critic) layer, spectrally normalised when asked (Miyato et al. 2018)."""
+        return nn.utils.parametrizations.spectral_norm(layer) if self.spectral_norm else layer
+
+    def _enc_norm(self, c: int, h: int, w: int) -> list[nn.Module]:
+        """The encoder's normalisation after a conv layer of (c, h, w) outputs: batch norm,
+        or layer norm over (c, h, w) (no cross-example statistics: safe with a gradient
+        penalty, which batch norm is not)."""
+        if self.encoder_norm == "batch":
+            return [nn.BatchNorm2d(c)]
+        if self.encoder_norm == "layer":
+            return [nn.LayerNorm([c, h, w])]
+        return []
 
     def check(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """Return (C, h, w) at the bottleneck, or raise a ConfigError if the shape doesn't fit."""
@@ -92,29 +117,40 @@ class Conv:
     def encoder(self, in_shape: Sequence[int], out_dim: int) -> nn.Module:
         c, h, w = self.check(in_shape)
         layers: list[nn.Module] = []
-        for a, b in zip([in_shape[0], *self.channels[:-1]], self.channels, strict=True):
-            layers += [nn.Conv2d(a, b, 4, stride=2, padding=1), _activation(self.activation)]
+        side_h, side_w = in_shape[1], in_shape[2]
+        for i, (a, b) in enumerate(
+            zip([in_shape[0], *self.channels[:-1]], self.channels, strict=True)
+        ):
+            side_h, side_w = side_h // 2, side_w // 2
+            layers.append(self._enc(nn.Conv2d(a, b, 4, stride=2, padding=1)))
+            if i > 0:  # DCGAN: no normalisation on the critic's first layer
+                layers += self._enc_norm(b, side_h, side_w)
+            layers.append(_activation(self.activation))
         return nn.Sequential(
             *layers,
             nn.Flatten(),
-            nn.Linear(c * h * w, self.hidden_width),
+            self._enc(nn.Linear(c * h * w, self.hidden_width)),
             _activation(self.activation),
-            nn.Linear(self.hidden_width, out_dim),
+            self._enc(nn.Linear(self.hidden_width, out_dim)),
         )
 
     def decoder(self, in_dim: int, out_shape: Sequence[int]) -> nn.Module:
         c, h, w = self.check(out_shape)
+        batch = self.decoder_norm == "batch"
         layers: list[nn.Module] = [
             nn.Linear(in_dim, self.hidden_width),
+            *([nn.BatchNorm1d(self.hidden_width)] if batch else []),
             _activation(self.activation),
             nn.Linear(self.hidden_width, c * h * w),
+            *([nn.BatchNorm1d(c * h * w)] if batch else []),
             _activation(self.activation),
             nn.Unflatten(1, (c, h, w)),
         ]
         rev = self.channels[::-1]
         for i, (a, b) in enumerate(zip(rev, [*rev[1:], out_shape[0]], strict=True)):
             layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
-            if i < len(rev) - 1:
+            if i < len(rev) - 1:  # every layer but the output (DCGAN's generator)
+                layers += [nn.BatchNorm2d(b)] if batch else []
                 layers.append(_activation(self.activation))
         return nn.Sequential(*layers)
 
