@@ -174,20 +174,21 @@ def test_infomax_learns_codes_that_identify_images(make_cfg, tmp_path: Path) -> 
         assert f"train/{k}" in keys and f"val/{k}" in keys
     assert all(0.5 < metrics[f"test/{k}"] <= 1 for k in PROBES), metrics
     assert not any(k.endswith(("fid", "kid")) for k in keys)  # no sampler, no FID
-    model = objs["model"]
+    # The tested checkpoint reloads without Hydra into the tested weights.
+    model = objs["model"].eval()
     again = InfoMax.load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt").eval()
     x = model.preprocess(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8))
-    assert torch.allclose(again.encode(x), again.encode(x))  # eval mode: deterministic
+    assert torch.allclose(again.encode(x), model.encode(x), atol=1e-6)
     # scripts/representations.py, from the checkpoint alone, repeats the run's probes
     # (the tested checkpoint, the same probe code and training images).
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # as a Hydra run leaves it
-    rows = _representations_script().main([str(tmp_path), "--out", str(tmp_path / "table")])
+    _representations_script().main([str(tmp_path), "--out", str(tmp_path / "table")])
     row = next(csv_dict_rows(tmp_path / "table" / "probes.csv"))
     assert row["family"] == "InfoMax" and int(row["code_dim"]) == 64
     for k in PROBES:
         assert abs(float(row[k]) - 100 * metrics[f"test/{k}"]) < 0.01, (k, row, metrics)
-    assert (tmp_path / "probes.json").is_file() and rows is None
+    assert (tmp_path / "probes.json").is_file()  # the cached scores
 
 
 def test_vib_trains_and_reloads_its_averaged_weights(make_cfg, tmp_path: Path) -> None:
@@ -206,11 +207,10 @@ def test_vib_trains_and_reloads_its_averaged_weights(make_cfg, tmp_path: Path) -
     model = objs["model"]
     # H(Y) of the training labels (digits: near-uniform, just under log 10)
     assert 2.28 < float(model.label_entropy) <= math.log(10)
-    path = tmp_path / "checkpoints" / "last.ckpt"
-    again = VIB.load_from_checkpoint(path).eval()
+    # The tested checkpoint reloads without Hydra, averaged weights included.
+    again = VIB.load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt").eval()
     x = again.preprocess(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8))
-    ref = VIB.load_from_checkpoint(path).eval()
-    assert torch.equal(again.encode(x), ref.encode(x))
+    assert torch.allclose(again.encode(x), model.eval().encode(x), atol=1e-6)
     # evaluation uses the average, which differs from the raw weights after training
     raw = again.posterior(x, again.net)[0]
     assert not torch.allclose(again.encode(x), raw)
