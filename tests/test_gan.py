@@ -177,3 +177,175 @@ def test_conv_net_gan_options_normalise_as_documented() -> None:
     for m in layers:
         sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
         assert abs(float(sigma) - 1.0) < 0.05, (m, float(sigma))
+
+
+def _tiny_gan(**kw) -> GAN:
+    return GAN((2,), latent_dim=2, net={"arch": "genlab.nn.MLP", "hidden_sizes": [4]}, **kw)
+
+
+def test_ema_is_the_analytic_average_after_its_copy_phase() -> None:
+    model = _tiny_gan(ema_decay=0.5, ema_start=2)
+    raw = list(model.generator.parameters())
+    values = [float(v) for v in range(1, 15)]  # the trained weights take these values
+    for v in values:
+        with torch.no_grad():
+            for p in raw:
+                p.fill_(v)
+        model.update_ema()
+    # Updates 1 and 2 copy; then e <- d e + (1 - d) v with d = min(0.5, (1 + t) / (10 + t))
+    # at t = 0, 1, ... steps after the start (the ramp, then the set decay from t = 8).
+    expected = values[1]
+    for t, v in enumerate(values[2:]):
+        d = min(0.5, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * v
+    for p in model.ema["generator"].parameters():
+        assert torch.allclose(p, torch.full_like(p, expected)), (p, expected)
+    assert int(model.ema_count) == len(values)
+
+
+def test_sampling_uses_the_ema_generator_in_evaluation_mode() -> None:
+    model = _tiny_gan(ema_decay=0.5, ema_start=0)
+    with torch.no_grad():
+        for p in model.generator.parameters():
+            p.add_(1.0)  # the trained generator now differs from its average
+    model.eval()
+    z = model.noise(5, torch.Generator().manual_seed(3))
+    ema_out, raw_out = model.ema["generator"](z), model.generator(z)
+    assert not torch.allclose(ema_out, raw_out)
+    g = torch.Generator().manual_seed(3)
+    assert torch.allclose(model.sample(5, generator=g), ema_out)
+    g = torch.Generator().manual_seed(3)
+    assert torch.allclose(model.sample(5, generator=g, ema=False), raw_out)
+    assert set(model.sample_variants("val")) == {"raw"}
+    model.train()  # training runs the trained nets
+    assert torch.allclose(model.decode(z), raw_out)
+
+
+def test_ema_survives_resume_and_reload(make_cfg, tmp_path) -> None:
+    common = ["model=gan", "model/net=mlp", "model.net.hidden_sizes=[16]", "model.latent_dim=4",
+              "model.monitor=null", "model.ema_start=3", "metrics.every_n_epochs=0",
+              "callbacks.sample_scores.probes=false", "test=false"]  # fmt: skip
+    _, first = train(make_cfg(*common, "trainer.max_epochs=1"))
+    g_steps = int(first["model"].ema_count)
+    assert g_steps == first["trainer"].fit_loop.epoch_loop.batch_progress.total.completed
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    _, second = train(make_cfg(*common, "trainer.max_epochs=2", f"ckpt_path={ckpt}"))
+    # Resumed: the count (so the warm-up) continues, and the average kept its history.
+    assert int(second["model"].ema_count) == 2 * g_steps
+    model = GAN.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt").eval()
+    ema_w = model.ema["generator"][0][0].weight
+    assert torch.allclose(ema_w, second["model"].ema["generator"][0][0].weight)
+    assert not torch.allclose(ema_w, model.generator[0][0].weight)
+    g = torch.Generator().manual_seed(0)
+    z = model.noise(3, torch.Generator().manual_seed(0))
+    assert torch.allclose(model.sample(3, generator=g), model.ema["generator"](z))
+    # A checkpoint from before the EMA (no ema.* weights) loads with the average = G.
+    old = {k: v for k, v in saved.items() if not k.startswith("ema")}
+    path = tmp_path / "old.ckpt"
+    torch.save({**torch.load(ckpt, weights_only=False), "state_dict": old}, path)
+    legacy = GAN.load_from_checkpoint(path)
+    assert torch.allclose(legacy.ema["generator"][0][0].weight, legacy.generator[0][0].weight)
+
+
+def test_langevin_samples_a_known_gaussian() -> None:
+    from genlab.models.gan import langevin
+
+    mu, sigma = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 2.0])
+
+    def energy(z: torch.Tensor) -> torch.Tensor:  # -log N(z; mu, diag(sigma^2)) + const
+        return 0.5 * ((z - mu) / sigma).pow(2).sum(1)
+
+    g = torch.Generator().manual_seed(0)
+    eps = 0.05
+    z = langevin(energy, torch.zeros(4000, 2), steps=1500, step_size=eps, generator=g)
+    assert torch.allclose(z.mean(0), mu, atol=0.08), z.mean(0)
+    # Unadjusted Langevin's stationary variance is sigma^2 / (1 - eps / (4 sigma^2)).
+    var = sigma**2 / (1 - eps / (4 * sigma**2))
+    assert torch.allclose(z.var(0), var, rtol=0.07), (z.var(0), var)
+    with torch.inference_mode():  # also from inside Lightning's test loop
+        assert langevin(energy, torch.zeros(3, 2), 2, 0.1).shape == (3, 2)
+
+
+def test_latent_langevin_moves_a_2d_gans_samples_toward_the_modes(make_cfg) -> None:
+    cfg = make_cfg(
+        "model=gan", "model/net=mlp", "model.net.hidden_sizes=[64,64]", "model.latent_dim=2",
+        "model.monitor=null", "data=toy2d", "data.name=eight_gaussians", "trainer.max_epochs=20",
+        "model.ema_decay=0", "model.langevin_step_size=0.05", "test=false",
+        "callbacks.image_grids.every_n_epochs=100",
+    )  # fmt: skip
+    _, objs = train(cfg)
+    model = objs["model"].eval()
+    angle = torch.arange(8) * torch.pi / 4
+    modes = 2.5 * torch.stack([angle.cos(), angle.sin()], 1)
+
+    def spread(x: torch.Tensor) -> float:  # mean distance to the nearest mode
+        return float(torch.cdist(x, modes).min(1).values.mean())
+
+    # Samples of a perfect model (each mode's N(m, 0.2^2 I)) would score 0.25.
+    before = spread(model.sample(2000, torch.Generator().manual_seed(1)))
+    after = spread(model.sample(2000, torch.Generator().manual_seed(1), langevin_steps=100))
+    assert after < 0.95 * before, (before, after)
+
+
+def test_conditional_gan_samples_carry_their_class(make_cfg, tmp_path) -> None:
+    cfg = make_cfg(
+        "model=gan", "model.conditional=true", "model/net=mlp", "model.net.hidden_sizes=[128]",
+        "model.net.activation=LeakyReLU", "model.latent_dim=16", "model.ema_decay=0.99",
+        "model.monitor=null", "trainer.max_epochs=100", "metrics.every_n_epochs=0",
+        "callbacks.image_grids.every_n_epochs=100",
+    )  # fmt: skip
+    metrics, objs = train(cfg)
+    # The feature network's accuracy on samples of given classes: chance is 0.1.
+    assert metrics["test/cond_acc"] > 0.5, metrics
+    assert {"test/fid_raw", "test/kid_raw"} <= set(metrics)
+    assert (tmp_path / "images" / "classes_test.png").is_file() or any(
+        (tmp_path / "images").glob("classes_*.png")
+    )
+    model = objs["model"].eval()
+    assert model.sample(4, y=7).shape == (4, 1, 8, 8)
+    assert type(model.discriminator).__name__ == "ProjectionCritic"
+
+
+@pytest.mark.parametrize("net", ["dcgan", "resnet"])
+@pytest.mark.parametrize("family", ["gan", "ogan", "aae", "ali"])
+def test_gan_net_presets_build_for_every_gan_family(tmp_path, family: str, net: str) -> None:
+    """The DCGAN and SNGAN-style presets fit 28x28 digits in every GAN-type family
+    (narrowed here); one step of both players' losses runs and is finite."""
+    from conftest import compose_cfg
+
+    from genlab.train import build_model
+
+    narrow = {"resnet": "model.net.hidden_width=8", "dcgan": "model.net.channels=[8,16]"}
+    cfg = compose_cfg([f"model={family}", f"model/net={net}", narrow[net]], tmp_path)
+    model = build_model(cfg.model, (1, 28, 28), 10)
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    real, z = model.inputs((x, torch.arange(4))), model.noise(4)
+    d_real, d_fake = model.d_inputs(real, z)
+    t = model.d_objective(_detach(d_real), _detach(d_fake), z)
+    t.update(model.g_objective(real, d_real, d_fake, z))
+    (t["d_loss"] + t["g_loss"]).backward()
+    assert torch.isfinite(t["d_loss"]) and torch.isfinite(t["g_loss"])
+    assert model.eval().sample(3).shape == (3, 1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model/net=dcgan32", "model.net.channels=[8,16,32]"],
+        ["model/net=resnet", "model.net.n_blocks=3", "model.net.hidden_width=8"],
+    ],
+)
+def test_32x32_presets(tmp_path, overrides: list[str]) -> None:
+    from conftest import compose_cfg
+
+    from genlab.errors import ConfigError
+    from genlab.train import build_model
+
+    cfg = compose_cfg(["model=gan", *overrides], tmp_path)
+    model = build_model(cfg.model, (3, 32, 32), 10).eval()
+    assert model.sample(2).shape == (2, 3, 32, 32)
+    assert model.discriminator(model.sample(2)).shape == (2, 1)
+    # 28 is not divisible by 2**3: one line saying what to change.
+    with pytest.raises(ConfigError, match=r"H and W divisible by 8"):
+        build_model(cfg.model, (1, 28, 28), 10)

@@ -159,3 +159,24 @@ def test_slurm_launcher_is_wired_to_the_trainer(make_cfg) -> None:
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
     assert launcher.partition == "gpu"
     assert cfg.trainer.strategy._target_ == "genlab.distributed.JobDDPStrategy"
+
+
+def test_gan_trains_under_ddp_on_two_processes(tmp_path: Path) -> None:
+    """Two backward passes per step, each reaching one player's parameters (and a
+    gradient penalty's double backward): DDP must reduce both without unused-parameter
+    errors, and the ranks must stay in step (rank 0's EMA counts every G step once)."""
+    run = tmp_path / "ddp"
+    p = train_py(
+        ["model=gan", "model/net=conv", "model.net.channels=[8,16]", "model.net.hidden_width=32",
+         "model.loss=wgan_gp", "model.ema_start=2", "model.monitor=null",
+         "metrics.every_n_epochs=0", "callbacks.sample_scores.probes=false",
+         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2",
+         "logger=csv", f"hydra.run.dir={run}"], tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    batches = ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]
+    assert batches > 0 and ckpt["global_step"] == 2 * batches  # D and G stepped each batch
+    assert int(ckpt["state_dict"]["ema_count"]) == batches
+    fids = [float(r["test/fid"]) for r in csv_rows(run) if r.get("test/fid")]
+    assert len(fids) == 1 and torch.isfinite(torch.tensor(fids[0]))

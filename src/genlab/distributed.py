@@ -36,6 +36,15 @@ class JobDDPStrategy(DDPStrategy):
             )
             set_launcher(self, launcher)
 
+    def _setup_model(self, model: torch.nn.Module):
+        """DDP-wrap the model; families whose backward passes reach only part of the
+        parameters (GANs: one player per pass, ``ddp_find_unused_parameters``) get
+        ``find_unused_parameters=True``, which DDP then needs to reduce each pass."""
+        module = self.lightning_module
+        if getattr(module, "ddp_find_unused_parameters", False):
+            self._ddp_kwargs["find_unused_parameters"] = True
+        return super()._setup_model(model)
+
     def finish(self, failed: bool = False) -> None:
         """After fit and test: free the process group and (rank 0) the other ranks and
         the launch variables, so the next trial of a sweep starts clean."""

@@ -24,6 +24,8 @@ class SampleScores(pl.Callback):
     - ``val/fid``, ``val/kid``: ``n_val`` samples against ``n_val`` validation images,
       every ``every_n_epochs`` epochs and after the last; ``test/fid``, ``test/kid``
       with ``n_test`` at test time.
+    - ``{split}/fid_<variant>``, ``{split}/kid_<variant>``: the model's other samplers
+      (``sample_variants(split)``; GANs: ``fid_raw``, the trained generator next to its EMA).
     - ``{split}/cond_acc``: models with ``sample_conditional(labels, generator)``.
     - ``test/linear_probe_acc``, ``test/knn_acc``, ``test/mlp_probe_acc``: models with
       ``encode``, samplers or not (logistic regression, a 5-NN vote and a one-hidden-layer
@@ -82,11 +84,20 @@ class SampleScores(pl.Callback):
         names = set()
         if self.applies(pl_module) and (split == "test" or self.every_n_epochs > 0):
             names = {f"{split}/fid", f"{split}/kid"}
+            for v in self.variants(pl_module, split):
+                names |= {f"{split}/fid_{v}", f"{split}/kid_{v}"}
             if hasattr(pl_module, "sample_conditional"):
                 names.add(f"{split}/cond_acc")
         if split == "test" and self.probes_apply(pl_module):
             names |= {f"test/{k}" for k in PROBES}
         return names
+
+    @staticmethod
+    def variants(pl_module: nn.Module, split: str) -> dict[str, dict]:
+        """The model's other samplers to score, ``{name: sample kwargs}`` (GANs: the raw
+        generator next to its EMA, sampling without Langevin)."""
+        fn = getattr(pl_module, "sample_variants", None)
+        return fn(split) if fn is not None else {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.datamodule is not None and self.applies(pl_module):
@@ -155,6 +166,10 @@ class SampleScores(pl.Callback):
         fake = generate(pl_module, len(range(rank, n, world)), seed=self.seed + 7919 * rank)
         s = fid_kid_of(*self.metrics, fake, n_total=n)
         out[f"{split}/fid"], out[f"{split}/kid"] = s["fid"], s["kid"]
+        for name, kwargs in self.variants(pl_module, split).items():
+            fake = generate(pl_module, len(fake), seed=self.seed + 7919 * rank, **kwargs)
+            s = fid_kid_of(*self.metrics, fake, n_total=n)
+            out[f"{split}/fid_{name}"], out[f"{split}/kid_{name}"] = s["fid"], s["kid"]
         if trainer.is_global_zero and hasattr(pl_module, "sample_conditional"):
             labels = torch.arange(n, device=pl_module.device) % dm.num_classes
             g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
@@ -178,7 +193,8 @@ class SampleScores(pl.Callback):
         # FID / KID are equal on every rank (callbacks may monitor them on each); the
         # one-process scores are logged by rank 0.
         for k, v in values.items():
-            pl_module.log(k, v, rank_zero_only=not k.endswith(("/fid", "/kid")))
+            shared = k.split("/")[-1].startswith(("fid", "kid"))
+            pl_module.log(k, v, rank_zero_only=not shared)
 
 
 class SplitCurve(pl.Callback):

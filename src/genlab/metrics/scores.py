@@ -8,6 +8,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -137,13 +138,16 @@ def fid_kid_of(
 
 
 @torch.no_grad()
-def generate(model: nn.Module, n: int, seed: int = 0, batch_size: int = 500) -> Tensor:
-    """n samples of ``model.sample`` in [0, 1], with fixed noise (comparable across epochs)."""
+def generate(
+    model: nn.Module, n: int, seed: int = 0, batch_size: int = 500, **kwargs: Any
+) -> Tensor:
+    """n samples of ``model.sample(..., **kwargs)`` in [0, 1], with fixed noise
+    (comparable across epochs)."""
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
     to_image = getattr(model, "to_image", lambda x: x.clamp(0, 1))
     chunks = [
-        to_image(model.sample(min(batch_size, n - i), generator=g)).float()
+        to_image(model.sample(min(batch_size, n - i), generator=g, **kwargs)).float()
         for i in range(0, n, batch_size)
     ]
     return torch.cat(chunks)

@@ -14,6 +14,7 @@ model is a sampler: recon ignores how well the codes match the prior).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -23,19 +24,22 @@ from torch import Tensor, nn
 from genlab.checks import (
     NetSpec,
     NonNegativeFloat,
+    NonNegativeInt,
     OptimizerName,
     PositiveFloat,
     PositiveInt,
     check_args,
 )
-from genlab.errors import require_images
+from genlab.errors import ConfigError, require_images
 from genlab.models.common import UnitImageCodec
-from genlab.models.gan import GAN, Betas, Loss, UpdateRule
+from genlab.models.gan import GAN, Betas, Decay, Loss, UpdateRule
 from genlab.nn import MLP, Conv
 
 
 class AAE(UnitImageCodec, GAN):
     """Auto-encoder with an adversarial prior on its codes."""
+
+    ema_of = ("decoder",)  # the sampler: evaluation decodes with its average
 
     def __init__(
         self,
@@ -54,12 +58,14 @@ class AAE(UnitImageCodec, GAN):
         weight_decay: NonNegativeFloat = 0.0,
         critic_hidden_sizes: Sequence[PositiveInt] = (512, 512),
         adv_weight: PositiveFloat = 1.0,
+        ema_decay: Decay = 0.999,
+        ema_start: NonNegativeInt = 500,
     ) -> None:
         check_args(type(self), locals(), "model")
         require_images("model=aae", tuple(data_shape))
         super().__init__(
             data_shape, num_classes, latent_dim, net, loss, update_rule, n_critic, gp_weight,
-            lr_g, lr_d, betas, optimizer, weight_decay,
+            lr_g, lr_d, betas, optimizer, weight_decay, ema_decay=ema_decay, ema_start=ema_start,
         )  # fmt: skip
 
     def build_networks(self, nets: MLP | Conv) -> None:
@@ -77,17 +83,26 @@ class AAE(UnitImageCodec, GAN):
         return torch.sigmoid(out)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """sigmoid(G(z)), z ~ N(0, I): (n, *data_shape) in [0, 1]."""
-        return self.mean(self.decoder(self.noise(n, generator)))
+    def sample(self, n: int, generator: torch.Generator | None = None, ema: bool = True) -> Tensor:
+        """sigmoid(G(z)), z ~ N(0, I): (n, *data_shape) in [0, 1] (in evaluation mode with
+        the averaged decoder; ``ema=False``: the trained one)."""
+        with contextlib.nullcontext() if ema else self.raw_weights():
+            return self.mean(self.decode(self.noise(n, generator)))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(B, d) -> logits (B, *data_shape)."""
+        return self.net("decoder")(z)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        return self.mean(self.decoder(self.encoder(x)))
+        return self.mean(self.decode(self.encoder(x)))
+
+    def energy(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        raise ConfigError("model=aae's critic judges codes, not images: no Langevin sampling")
 
     def recon(self, x: Tensor, z: Tensor) -> Tensor:
         """Per-image BCE summed over pixels: (B,)."""
-        err = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none")
+        err = F.binary_cross_entropy_with_logits(self.decode(z), x, reduction="none")
         return err.flatten(1).sum(1)
 
     # ---- the latent GAN -----------------------------------------------------------------

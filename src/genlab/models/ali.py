@@ -27,13 +27,15 @@ from torch import Tensor, nn
 from genlab.checks import (
     NetSpec,
     NonNegativeFloat,
+    NonNegativeInt,
     OptimizerName,
     PositiveFloat,
     PositiveInt,
     Range,
     check_args,
 )
-from genlab.models.gan import GAN, Betas, Loss, UpdateRule
+from genlab.errors import ConfigError
+from genlab.models.gan import GAN, Betas, Decay, Loss, UpdateRule
 from genlab.nn import MLP, Conv
 
 
@@ -59,6 +61,8 @@ class JointCritic(nn.Module):
 class ALI(GAN):
     """Bidirectional GAN: generator, stochastic encoder and a joint critic on (x, z)."""
 
+    ema_of = ("generator", "encoder")  # both sides of the pairs are averaged
+
     def __init__(
         self,
         data_shape: Sequence[int],
@@ -77,11 +81,20 @@ class ALI(GAN):
         critic_width: PositiveInt = 512,
         dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0,
         stochastic_encoder: bool = False,
+        conditional: bool = False,
+        ema_decay: Decay = 0.999,
+        ema_start: NonNegativeInt = 500,
+        langevin_steps: NonNegativeInt = 0,
+        langevin_step_size: PositiveFloat = 0.01,
     ) -> None:
         check_args(type(self), locals(), "model")
+        if conditional:
+            raise ConfigError("model=ali has no conditional form: use model=gan")
         super().__init__(
             data_shape, num_classes, latent_dim, net, loss, update_rule, n_critic, gp_weight,
-            lr_g, lr_d, betas, optimizer, weight_decay,
+            lr_g, lr_d, betas, optimizer, weight_decay, conditional=False, ema_decay=ema_decay,
+            ema_start=ema_start, langevin_steps=langevin_steps,
+            langevin_step_size=langevin_step_size,
         )  # fmt: skip
 
     def build_networks(self, nets: MLP | Conv) -> None:
@@ -96,11 +109,11 @@ class ALI(GAN):
 
     def encode(self, x: Tensor) -> Tensor:
         """The mean of q(z|x) (E(x) for a deterministic encoder): (B, latent_dim)."""
-        return self.encoder(x)[:, : self.hparams.latent_dim]
+        return self.net("encoder")(x)[:, : self.hparams.latent_dim]
 
     def encode_sample(self, x: Tensor) -> Tensor:
         """z ~ q(z|x) = N(mu, sigma^2), reparameterised: (B, latent_dim)."""
-        out = self.encoder(x)
+        out = self.net("encoder")(x)
         if not self.hparams.stochastic_encoder:
             return out
         mu, log_sigma = out.chunk(2, dim=1)
@@ -109,10 +122,13 @@ class ALI(GAN):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """G(E(x)) with E's mean: (B, *data_shape) in [-1, 1]."""
-        return self.generator(self.encode(x))
+        return self.decode(self.encode(x))
+
+    def fake_side(self, z: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.decode(z), z
 
     def d_inputs(self, real: Tensor, z: Tensor) -> tuple[tuple, tuple]:
-        return (real, self.encode_sample(real)), (self.generator(z), z)
+        return (real, self.encode_sample(real)), self.fake_side(z)
 
     def g_objective(self, real: Tensor, d_real, d_fake, z: Tensor) -> dict[str, Tensor]:
         # Swapped labels on both sides: G wants (G(z), z) called real, E wants

@@ -17,12 +17,21 @@ in which each network sees the other only through stop-gradient (sg(D) is D eval
 with detached parameters), so one backward pass gives both networks the gradients of
 their own objective and both optimisers step (the G term is included every
 ``n_critic``-th batch).
+
+Sampling and evaluation use an exponential moving average of the generator's weights
+(``ema_decay``; the raw generator's FID is logged as ``{split}/fid_raw``). The critic
+read as an energy, E(z) = |z|^2 / 2 - D(G(z)), gives latent Langevin sampling
+(``sample(n, langevin_steps=...)``, DDLS, Che et al. 2020). ``conditional=true``: the
+generator takes a label embedding next to z and the critic is a projection
+discriminator, D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+import contextlib
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,22 +41,79 @@ from torch.func import functional_call
 from genlab.checks import (
     NetSpec,
     NonNegativeFloat,
+    NonNegativeInt,
     OptimizerName,
     PositiveFloat,
     PositiveInt,
+    Range,
     check_args,
 )
 from genlab.data.transforms import eval_generator, to_symmetric
+from genlab.errors import ConfigError
 from genlab.models.common import GenlabModule, adam_betas, make_optimizer
 from genlab.nn import MLP, Conv, build_net
 
 Loss = Literal["wgan_gp", "hinge", "nonsaturating"]
 UpdateRule = Literal["alternating", "single_step"]
 Betas = tuple[NonNegativeFloat, NonNegativeFloat]
+Decay = Annotated[float, Range(ge=0, lt=1)]
+PROJECTION_WIDTH = 128  # phi(x) of the conditional critic (SNGAN's projection: the last width)
+
+
+def langevin(
+    energy: Callable[[Tensor], Tensor],
+    z: Tensor,
+    steps: int,
+    step_size: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Unadjusted Langevin dynamics on ``energy`` (z (B, d) -> (B,)):
+    z <- z - (eps / 2) grad E(z) + sqrt(eps) * N(0, I), ``steps`` times; samples approach
+    p(z) ~ exp(-E(z)) as eps -> 0 and steps grow. Runs with gradients even when called
+    under ``no_grad`` / inference mode; returns a detached (B, d) tensor."""
+    with torch.inference_mode(False), torch.enable_grad():
+        z = z.detach().clone()
+        for _ in range(steps):
+            z.requires_grad_(True)
+            (grad,) = torch.autograd.grad(energy(z).sum(), z)
+            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            z = (z - 0.5 * step_size * grad + step_size**0.5 * noise).detach()
+    return z
+
+
+class ConditionalGenerator(nn.Module):
+    """G(z, y) = net([z, embed(y)]): (B, d), (B,) labels -> (B, *data_shape)."""
+
+    def __init__(self, net: nn.Module, num_classes: int, embed_dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        self.net = net
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        return self.net(torch.cat([z, self.embed(y)], 1))
+
+
+class ProjectionCritic(nn.Module):
+    """D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018), phi(x) =
+    act(features(x)): (B, *data_shape), (B,) labels -> (B, 1)."""
+
+    def __init__(self, features: nn.Module, width: int, num_classes: int, sn: bool) -> None:
+        super().__init__()
+        wrap = nn.utils.parametrizations.spectral_norm if sn else (lambda m: m)
+        self.features = nn.Sequential(features, nn.LeakyReLU(0.2))
+        self.psi = wrap(nn.Linear(width, 1))
+        self.embed = wrap(nn.Embedding(num_classes, width))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        phi = self.features(x)  # (B, width)
+        return self.psi(phi) + (self.embed(y) * phi).sum(1, keepdim=True)
 
 
 class GAN(GenlabModule):
     """Generator G: z (B, latent_dim) -> x (B, *data_shape) in [-1, 1]; critic D: x -> score."""
+
+    ema_of: tuple[str, ...] = ("generator",)  # the sampling side's nets, averaged
+    ddp_find_unused_parameters = True  # each backward reaches one player's parameters
 
     def __init__(
         self,
@@ -64,21 +130,96 @@ class GAN(GenlabModule):
         betas: Betas = (0.5, 0.999),
         optimizer: OptimizerName = "Adam",
         weight_decay: NonNegativeFloat = 0.0,
+        conditional: bool = False,
+        ema_decay: Decay = 0.999,
+        ema_start: NonNegativeInt = 500,
+        langevin_steps: NonNegativeInt = 0,
+        langevin_step_size: PositiveFloat = 0.01,
     ) -> None:
-        check_args(type(self), locals(), "model")
+        check_args(GAN, locals(), "model")  # (subclasses check their own first)
         super().__init__()
         self.save_hyperparameters(logger=False)
+        if conditional and num_classes < 1:
+            raise ConfigError(
+                "model.conditional=true needs labelled data (data.num_classes >= 1): "
+                "use a labelled data set or model.conditional=false"
+            )
+        self.uses_labels = conditional  # trained with the labels: probe tables mark it
         self.data_shape = tuple(data_shape)
         self.images = len(self.data_shape) == 3
         self.automatic_optimization = False  # two optimisers, stepped by hand
         self.build_networks(build_net(net))
+        self.build_ema()
 
     def build_networks(self, nets: MLP | Conv) -> None:
         """G: z -> x and D: x -> critic_dim outputs (subclasses add an encoder)."""
         # Images live in [-1, 1] (tanh output); vector data (toy2d) are unbounded.
         out = nn.Tanh() if self.images else nn.Identity()
-        self.generator = nn.Sequential(nets.decoder(self.hparams.latent_dim, self.data_shape), out)
-        self.discriminator = nets.encoder(self.data_shape, self.critic_dim())
+        h, d = self.hparams, self.hparams.latent_dim
+        if h.conditional:
+            g = nn.Sequential(nets.decoder(2 * d, self.data_shape), out)
+            self.generator = ConditionalGenerator(g, h.num_classes, d)
+            features = nets.encoder(self.data_shape, PROJECTION_WIDTH)
+            sn = bool(getattr(nets, "spectral_norm", False))
+            self.discriminator = ProjectionCritic(features, PROJECTION_WIDTH, h.num_classes, sn)
+        else:
+            self.generator = nn.Sequential(nets.decoder(d, self.data_shape), out)
+            self.discriminator = nets.encoder(self.data_shape, self.critic_dim())
+
+    # ---- EMA of the sampling side --------------------------------------------------------
+    def build_ema(self) -> None:
+        """Averaged copies of the nets in ``ema_of`` (``self.ema[name]``), saved with the
+        checkpoint; ``ema_count`` counts the averaging updates (G steps)."""
+        self.use_ema = self.hparams.get("ema_decay", 0) > 0
+        if self.use_ema:
+            nets = {n: copy.deepcopy(getattr(self, n)) for n in self.ema_of}
+            self.ema = nn.ModuleDict(nets).requires_grad_(False)
+            self.register_buffer("ema_count", torch.zeros((), dtype=torch.long))
+
+    def net(self, name: str) -> nn.Module:
+        """The net ``name`` to run: its EMA copy in evaluation mode (unless inside
+        :meth:`raw_weights`), the trained one otherwise."""
+        if self.use_ema and not self.training and name in self.ema:
+            return self.ema[name]
+        return getattr(self, name)
+
+    @contextlib.contextmanager
+    def raw_weights(self) -> Iterator[None]:
+        """``with model.raw_weights():`` evaluation uses the trained (not averaged) nets."""
+        use, self.use_ema = self.use_ema, False
+        try:
+            yield
+        finally:
+            self.use_ema = use
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema <- d * ema + (1 - d) * raw after each G step, a plain copy for the first
+        ``ema_start`` steps (the random initial weights never enter the average), then
+        d = min(ema_decay, (1 + t) / (10 + t)) at t steps after the start: the averaging
+        window grows with the run (TensorFlow's ExponentialMovingAverage with
+        num_updates), so short runs are not averaged over weights far behind. Buffers
+        (batch-norm statistics) are copied. On the device: no host sync."""
+        h = self.hparams
+        t = (self.ema_count - h.ema_start).float()
+        decay = torch.clamp((1 + t) / (10 + t), max=h.ema_decay)
+        w = torch.where(t < 0, 1.0, 1.0 - decay)
+        for name in self.ema_of:
+            ema, raw = self.ema[name], getattr(self, name)
+            for e, p in zip(ema.parameters(), raw.parameters(), strict=True):
+                e.lerp_(p.detach(), w.to(e.dtype))
+            for e, b in zip(ema.buffers(), raw.buffers(), strict=True):
+                e.copy_(b)
+        self.ema_count += 1
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before the EMA existed: start the average at the weights."""
+        state = checkpoint.get("state_dict", {})
+        if self.use_ema and not any(k.startswith("ema.") for k in state):
+            for k, v in list(state.items()):
+                if k.split(".")[0] in self.ema_of:
+                    state[f"ema.{k}"] = v.clone()
+            state["ema_count"] = torch.tensor(self.hparams.ema_start, dtype=torch.long)
 
     def critic_dim(self) -> int:
         """Outputs of D: one score (O-GAN: a latent_dim code)."""
@@ -112,32 +253,96 @@ class GAN(GenlabModule):
         """D's output -> critic score (B,)."""
         return out.squeeze(-1)
 
-    def decode(self, z: Tensor) -> Tensor:
-        """G(z): (B, latent_dim) -> (B, *data_shape)."""
-        return self.generator(z)
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """G(z) (G(z, y) when conditional): (B, latent_dim) -> (B, *data_shape)."""
+        g = self.net("generator")
+        return g(z, self._labels(y, z.shape[0])) if self.hparams.conditional else g(z)
+
+    def _labels(self, y: Tensor | int | None, n: int) -> Tensor:
+        """(n,) labels: ``y`` broadcast, or classes 0, 1, ..., K-1, 0, ... when None."""
+        if y is None:
+            return torch.arange(n, device=self.device) % self.hparams.num_classes
+        return torch.as_tensor(y, device=self.device).expand(n)
+
+    def fake_side(self, z: Tensor, y: Tensor | None = None) -> Any:
+        """D's input for noise z: G(z), (G(z, y), y) when conditional; ALI: (G(z), z)."""
+        x = self.decode(z, y)
+        return (x, y) if self.hparams.conditional else x
+
+    def energy(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """E(z) = |z|^2 / 2 - D(G(z)) (B,): the critic read as an energy on the latent
+        space (DDLS, Che et al. 2020); exp(-E) is the prior reweighted by the critic."""
+        return 0.5 * z.pow(2).sum(1) - self.score(self.discriminate(self.fake_side(z, y)))
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """G(z), z ~ N(0, I): (n, *data_shape) in [-1, 1] (``to_image`` maps to [0, 1])."""
-        return self.generator(self.noise(n, generator))
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        y: Tensor | int | None = None,
+        langevin_steps: int | None = None,
+        ema: bool = True,
+    ) -> Tensor:
+        """G(z), z ~ N(0, I): (n, *data_shape) in [-1, 1] (``to_image`` maps to [0, 1]).
+        ``y``: the class(es) of a conditional GAN (default: classes in turn).
+        ``langevin_steps`` (default ``model.langevin_steps``): refine z by Langevin
+        dynamics on :meth:`energy` first (step ``model.langevin_step_size``). ``ema=False``:
+        the trained generator instead of its average (in evaluation mode)."""
+        ctx = contextlib.nullcontext() if ema else self.raw_weights()
+        with ctx:
+            z = self.noise(n, generator)
+            labels = self._labels(y, n) if self.hparams.conditional else None
+            steps = langevin_steps
+            if steps is None:
+                steps = self.hparams.get("langevin_steps", 0)
+            if steps:
+                eps = self.hparams.get("langevin_step_size", 0.01)
+                z = langevin(lambda u: self.energy(u, labels), z, steps, eps, generator)
+            return self.decode(z, labels)
+
+    def sample_variants(self, split: str) -> dict[str, dict[str, Any]]:
+        """Other ways to sample this model that the scores report as ``{split}/fid_<key>``:
+        the trained generator (``raw``) when sampling uses the EMA; at test time with
+        ``model.langevin_steps > 0`` sampling uses Langevin and ``plain`` is without it."""
+        out: dict[str, dict[str, Any]] = {"raw": {"ema": False}} if self.use_ema else {}
+        if split == "test" and self.hparams.get("langevin_steps", 0):
+            out["plain"] = {"langevin_steps": 0}
+        return out
+
+    @property
+    def sample_conditional(self) -> Callable[..., Tensor]:
+        """Conditional GANs: ``sample_conditional(labels, generator)`` (len(labels), ...)."""
+        if not self.hparams.get("conditional", False):
+            raise AttributeError("an unconditional GAN has no sample_conditional")
+        return lambda labels, generator=None: self.sample(labels.shape[0], generator, y=labels)
 
     # ---- objectives -------------------------------------------------------------------
-    def d_inputs(self, real: Tensor, z: Tensor) -> tuple[Any, Any]:
+    def inputs(self, batch) -> Any:
+        """A batch in model space: x, or (x, labels) for a conditional GAN."""
+        x = self.preprocess(batch[0])
+        return (x, batch[1]) if self.hparams.conditional else x
+
+    def d_inputs(self, real: Any, z: Tensor) -> tuple[Any, Any]:
         """What D tells apart: (the "real" side, the "fake" side), with the graph of the
-        networks D plays against. GAN: (x, G(z)); AAE: (z, E(x)); ALI: pairs."""
-        return real, self.generator(z)
+        networks D plays against. GAN: (x, G(z)) (with labels: ((x, y), (G(z, y), y)),
+        the batch's labels on both sides); AAE: (z, E(x)); ALI: pairs."""
+        return real, self.fake_side(z, real[1] if self.hparams.conditional else None)
 
     def gradient_penalty(self, real: Any, fake: Any) -> Tensor:
         """mean (|grad D(x_hat)| - 1)^2 at x_hat uniformly between real and fake inputs
         (Gulrajani et al. 2017; pairs share one mix); differentiable in D's parameters."""
         reals, fakes = _as_tuple(real), _as_tuple(fake)
         a = torch.rand(reals[0].shape[0], device=reals[0].device)
+        # Labels (integer tensors, the same on both sides) pass as they are.
         mixed = tuple(
             (_bcast(a, r) * r + (1 - _bcast(a, r)) * f).requires_grad_(True)
+            if r.is_floating_point()
+            else r
             for r, f in zip(reals, fakes, strict=True)
         )
         s = self.score(self.discriminate(mixed if len(mixed) > 1 else mixed[0]))
-        grads = torch.autograd.grad(s.sum(), mixed, create_graph=True)
+        wrt = [m for m in mixed if m.is_floating_point()]
+        grads = torch.autograd.grad(s.sum(), wrt, create_graph=True)
         norm = torch.cat([g.flatten(1) for g in grads], 1).norm(dim=1)
         return (norm - 1).pow(2).mean()
 
@@ -196,8 +401,9 @@ class GAN(GenlabModule):
     # ---- Lightning --------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
         opt_g, opt_d = self.optimizers()
-        real = self.preprocess(batch[0])
-        z = self.noise(real.shape[0])
+        real = self.inputs(batch)
+        n = batch[0].shape[0]
+        z = self.noise(n)
         with_g = batch_idx % self.hparams.n_critic == 0
         if self.hparams.update_rule == "single_step":
             t = self.single_step_loss(real, z, with_g)
@@ -207,6 +413,7 @@ class GAN(GenlabModule):
             opt_d.step()
             if with_g:
                 opt_g.step()
+                self.after_g_step()
         else:
             with torch.no_grad():
                 d_real, d_fake = self.d_inputs(real, z)
@@ -215,14 +422,19 @@ class GAN(GenlabModule):
             self.manual_backward(t["d_loss"])
             opt_d.step()
             if with_g:
-                z = self.noise(real.shape[0])
+                z = self.noise(n)
                 d_real, d_fake = self.d_inputs(real, z)
                 t.update(self.g_objective(real, d_real, d_fake, z))
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(t["g_loss"])
                 opt_g.step()
+                self.after_g_step()
         self.log_train(self.train_values(t, with_g))
         return t["d_loss"].detach()
+
+    def after_g_step(self) -> None:
+        if self.use_ema:
+            self.update_ema()
 
     def train_values(self, t: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
         """The terms to log from a training step's terms ``t``. A fixed key set per run
@@ -235,10 +447,11 @@ class GAN(GenlabModule):
         values["g_loss"] = getattr(self, "_last_g", torch.zeros((), device=self.device))
         return values
 
-    def eval_inputs(self, batch, batch_idx: int) -> tuple[Tensor, Tensor]:
+    def eval_inputs(self, batch, batch_idx: int) -> tuple[Any, Tensor]:
         """A held-out batch in model space and its fixed noise z (seeded by the index)."""
-        real = self.preprocess(batch[0])
-        return real, self.noise(real.shape[0], eval_generator(real.device, batch_idx))
+        real = self.inputs(batch)
+        x = batch[0]
+        return real, self.noise(x.shape[0], eval_generator(x.device, batch_idx))
 
     @torch.no_grad()
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:

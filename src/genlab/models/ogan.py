@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from genlab.checks import NonNegativeFloat, check_args
+from genlab.errors import ConfigError
 from genlab.metrics import pearson
 from genlab.models.gan import GAN
 
@@ -27,6 +28,8 @@ class OGAN(GAN):
 
     def __init__(self, *args, corr_weight: NonNegativeFloat = 1.0, **kwargs) -> None:
         check_args(type(self), {"corr_weight": corr_weight}, "model")
+        if kwargs.get("conditional"):
+            raise ConfigError("model=ogan has no conditional form: use model=gan")
         super().__init__(*args, **kwargs)
         self.hparams["corr_weight"] = corr_weight  # saved: reloads without Hydra
 
@@ -41,19 +44,20 @@ class OGAN(GAN):
         return -self.hparams.corr_weight * rho, {"z_corr": rho.detach()}
 
     def encode(self, x: Tensor) -> Tensor:
-        """E(x) standardised per sample (zero mean, unit variance over entries): (B, d)."""
+        """E(x) standardised per sample (zero mean, unit variance over entries): (B, d). E is
+        the critic: never averaged, so G(E(x)) pairs the EMA generator with it."""
         e = self.discriminator(x)
         return (e - e.mean(-1, keepdim=True)) / e.std(-1, keepdim=True).clamp_min(1e-8)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """G(E(x)): (B, *data_shape) in [-1, 1]."""
-        return self.generator(self.encode(x))
+        return self.decode(self.encode(x))
 
     @torch.no_grad()
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
         """The GAN's critic_gap and z_corr = corr(z, E(G(z))) with fixed noise."""
         out = super().batch_metrics(batch, batch_idx, full)
         _, z = self.eval_inputs(batch, batch_idx)
-        out["z_corr"] = pearson(z, self.discriminator(self.generator(z))).mean()
+        out["z_corr"] = pearson(z, self.discriminator(self.decode(z))).mean()
         return out
