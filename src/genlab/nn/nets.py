@@ -167,7 +167,7 @@ class _ResBlock(nn.Module):
         b: int,
         resample: Literal["up", "down", "none"],
         act: str,
-        norm: bool,
+        norm: str,
         wrap,
         first: bool = False,
     ) -> None:
@@ -176,7 +176,9 @@ class _ResBlock(nn.Module):
         down = [nn.AvgPool2d(2)] if resample == "down" else []
 
         def pre(c: int) -> list[nn.Module]:
-            return [*([nn.BatchNorm2d(c)] if norm else []), _activation(act)]
+            # layer norm over (c, h, w) as GroupNorm(1, c): no cross-example statistics
+            norms = {"batch": [nn.BatchNorm2d(c)], "layer": [nn.GroupNorm(1, c)]}
+            return [*norms.get(norm, []), _activation(act)]
 
         # The critic's first block sees the raw image: no activation before its conv.
         self.body = nn.Sequential(
@@ -204,7 +206,8 @@ class ResNet:
     activation and a 3x3 conv to the image channels. Encoder (critic): a first
     downsampling block on the image, ``n_blocks - 2`` more downsampling blocks, two
     blocks at constant size, activation, a sum over positions and a linear map; spectral
-    norm on every layer when ``spectral_norm`` (no batch norm in the critic). The
+    norm on every layer when ``spectral_norm``, no normalisation in the critic unless
+    ``encoder_norm`` (``layer``: safe with a gradient penalty). The
     SNGAN CIFAR-10 nets are ``n_blocks=3, hidden_width=128`` (``conf/model/net/resnet.yaml``
     is a smaller width for CPUs).
     """
@@ -216,6 +219,7 @@ class ResNet:
         activation: ActivationName = "ReLU",
         decoder_norm: Literal["none", "batch"] = "batch",
         spectral_norm: bool = True,
+        encoder_norm: Literal["none", "batch", "layer"] = "none",
     ) -> None:
         check_args(type(self), locals(), "model.net")
         self.hidden_width = hidden_width
@@ -223,6 +227,7 @@ class ResNet:
         self.activation = activation
         self.decoder_norm = decoder_norm
         self.spectral_norm = spectral_norm
+        self.encoder_norm = encoder_norm
 
     def _wrap(self, layer: nn.Module) -> nn.Module:
         return nn.utils.parametrizations.spectral_norm(layer) if self.spectral_norm else layer
@@ -240,10 +245,10 @@ class ResNet:
 
     def encoder(self, in_shape: Sequence[int], out_dim: int) -> nn.Module:
         self.check(in_shape)
-        w, act, wrap = self.hidden_width, self.activation, self._wrap
-        blocks = [_ResBlock(in_shape[0], w, "down", act, False, wrap, first=True)]
-        blocks += [_ResBlock(w, w, "down", act, False, wrap) for _ in range(self.n_blocks - 2)]
-        blocks += [_ResBlock(w, w, "none", act, False, wrap) for _ in range(2)]
+        w, act, wrap, norm = self.hidden_width, self.activation, self._wrap, self.encoder_norm
+        blocks = [_ResBlock(in_shape[0], w, "down", act, norm, wrap, first=True)]
+        blocks += [_ResBlock(w, w, "down", act, norm, wrap) for _ in range(self.n_blocks - 2)]
+        blocks += [_ResBlock(w, w, "none", act, norm, wrap) for _ in range(2)]
         return nn.Sequential(
             *blocks,
             _activation(act),
@@ -253,13 +258,13 @@ class ResNet:
 
     def decoder(self, in_dim: int, out_shape: Sequence[int]) -> nn.Module:
         h, w_ = self.check(out_shape)
-        w, act, norm = self.hidden_width, self.activation, self.decoder_norm == "batch"
+        w, act, norm = self.hidden_width, self.activation, self.decoder_norm
         return nn.Sequential(
             nn.Linear(in_dim, w * h * w_),
             nn.Unflatten(1, (w, h, w_)),
             # no spectral norm in the generator
             *[_ResBlock(w, w, "up", act, norm, lambda m: m) for _ in range(self.n_blocks)],
-            *([nn.BatchNorm2d(w)] if norm else []),
+            *([nn.BatchNorm2d(w)] if norm == "batch" else []),
             _activation(act),
             nn.Conv2d(w, out_shape[0], 3, padding=1),
         )
