@@ -349,3 +349,25 @@ def test_32x32_presets(tmp_path, overrides: list[str]) -> None:
     # 28 is not divisible by 2**3: one line saying what to change.
     with pytest.raises(ConfigError, match=r"H and W divisible by 8"):
         build_model(cfg.model, (1, 28, 28), 10)
+
+
+def test_standing_statistics_are_the_averaged_generators_own() -> None:
+    """The EMA generator's batch-norm statistics come from its own activations on fixed
+    noise, not from the trained generator's running statistics."""
+    net = {"arch": "genlab.nn.Conv", "channels": [4], "hidden_width": 8, "decoder_norm": "batch"}
+    model = GAN((1, 8, 8), latent_dim=3, net=net, ema_decay=0.5, ema_start=0)
+    with torch.no_grad():
+        for p in model.ema["generator"].parameters():
+            p.add_(torch.randn_like(p))  # the average differs from the trained weights
+    model.eval()
+    model.standing_statistics(n_batches=2, batch_size=16)
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat([model.noise(16, g) for _ in range(2)])
+    first_linear, first_norm = model.ema["generator"][0][0], model.ema["generator"][0][1]
+    assert isinstance(first_norm, torch.nn.BatchNorm1d)
+    expected = first_linear(z).mean(0)  # the mean of the two batch means
+    assert torch.allclose(first_norm.running_mean, expected, atol=1e-5)
+    assert int(first_norm.num_batches_tracked) == 2 and first_norm.momentum == 0.1
+    assert not model.ema["generator"].training  # back in evaluation mode
+    trained = model.generator[0][1].running_mean
+    assert not torch.allclose(trained, first_norm.running_mean)

@@ -208,9 +208,45 @@ class GAN(GenlabModule):
             ema, raw = self.ema[name], getattr(self, name)
             for e, p in zip(ema.parameters(), raw.parameters(), strict=True):
                 e.lerp_(p.detach(), w.to(e.dtype))
-            for e, b in zip(ema.buffers(), raw.buffers(), strict=True):
-                e.copy_(b)
+            if name != self.ema_of[0]:  # the first net's statistics: standing_statistics()
+                for e, b in zip(ema.buffers(), raw.buffers(), strict=True):
+                    e.copy_(b)
         self.ema_count += 1
+
+    @torch.no_grad()
+    def standing_statistics(self, n_batches: int = 8, batch_size: int = 256) -> None:
+        """Batch-norm statistics of the averaged noise-to-data net (``ema_of[0]``),
+        recomputed from its own activations on fixed noise ("standing statistics",
+        Brock et al. 2019): the trained net's running statistics belong to other weights.
+        Runs before every validation and test pass, so checkpoints carry them."""
+        if not self.use_ema:
+            return
+        net = self.ema[self.ema_of[0]]
+        norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        was_training = net.training
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+        net.train()
+        g = torch.Generator(device=self.device).manual_seed(0)
+        for _ in range(n_batches):
+            z = self.noise(batch_size, g)
+            if self.hparams.get("conditional"):
+                net(z, self._labels(None, batch_size))
+            else:
+                net(z)
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        net.train(was_training)
+
+    def on_validation_epoch_start(self) -> None:
+        self.standing_statistics()
+
+    def on_test_epoch_start(self) -> None:
+        self.standing_statistics()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints written before the EMA existed: start the average at the weights."""
@@ -288,6 +324,8 @@ class GAN(GenlabModule):
         ``langevin_steps`` (default ``model.langevin_steps``): refine z by Langevin
         dynamics on :meth:`energy` first (step ``model.langevin_step_size``). ``ema=False``:
         the trained generator instead of its average (in evaluation mode)."""
+        if y is not None and not self.hparams.conditional:
+            raise ValueError("sample(n, y=...) needs a conditional GAN (model.conditional=true)")
         ctx = contextlib.nullcontext() if ema else self.raw_weights()
         with ctx:
             z = self.noise(n, generator)
