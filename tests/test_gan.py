@@ -333,7 +333,7 @@ def test_gan_net_presets_build_for_every_gan_family(tmp_path, family: str, net: 
     "overrides",
     [
         ["model/net=dcgan32", "model.net.channels=[8,16,32]"],
-        ["model/net=resnet", "model.net.n_blocks=3", "model.net.hidden_width=8"],
+        ["model/net=resnet32", "model.net.hidden_width=8"],
     ],
 )
 def test_32x32_presets(tmp_path, overrides: list[str]) -> None:
