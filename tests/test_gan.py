@@ -246,6 +246,14 @@ def test_ema_survives_resume_and_reload(make_cfg, tmp_path) -> None:
     torch.save({**torch.load(ckpt, weights_only=False), "state_dict": old}, path)
     legacy = GAN.load_from_checkpoint(path)
     assert torch.allclose(legacy.ema["generator"][0][0].weight, legacy.generator[0][0].weight)
+    # ... and resumes (the resume check applies the same migration).
+    from genlab.checkpoints import check_resume
+
+    assert check_resume(legacy, path) > 0
+    # Loaded without the average (eval.py model.ema_decay=0): the trained generator.
+    plain = GAN.load_from_checkpoint(ckpt, ema_decay=0.0).eval()
+    assert not hasattr(plain, "ema")
+    assert torch.allclose(plain.sample(3, torch.Generator().manual_seed(0)), model.generator(z))
 
 
 def test_langevin_samples_a_known_gaussian() -> None:

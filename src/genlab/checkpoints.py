@@ -170,6 +170,9 @@ def check_resume(model: torch.nn.Module, path: str | Path) -> int:
     Returns its global step."""
     ckpt = read_checkpoint(path)
     check_family(ckpt, type(model), path)
+    hook = getattr(model, "on_load_checkpoint", None)
+    if hook is not None:  # the model's own migrations (e.g. GANs from before the EMA)
+        hook(ckpt)
     problem = describe_mismatch(model, ckpt)
     if problem:
         hp = ckpt.get("hyper_parameters", {})

@@ -249,13 +249,18 @@ class GAN(GenlabModule):
         self.standing_statistics()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Checkpoints written before the EMA existed: start the average at the weights."""
+        """Checkpoints written before the EMA existed: start the average at the weights;
+        loaded with ``ema_decay=0``: drop the average."""
         state = checkpoint.get("state_dict", {})
-        if self.use_ema and not any(k.startswith("ema.") for k in state):
+        has_ema = any(k.startswith("ema.") for k in state)
+        if self.use_ema and not has_ema:
             for k, v in list(state.items()):
                 if k.split(".")[0] in self.ema_of:
                     state[f"ema.{k}"] = v.clone()
             state["ema_count"] = torch.tensor(self.hparams.ema_start, dtype=torch.long)
+        elif not self.use_ema and has_ema:
+            for k in [k for k in state if k.startswith("ema.") or k == "ema_count"]:
+                del state[k]
 
     def critic_dim(self) -> int:
         """Outputs of D: one score (O-GAN: a latent_dim code)."""
