@@ -110,7 +110,7 @@ def test_help_lists_groups_and_options() -> None:
     ).stdout
     for line in (
         "model: " + ", ".join(MODELS),
-        "model/net: conv, dcgan, dcgan32, dcgan_sn, mlp, resnet, resnet32, wide_mlp",
+        "model/net: conv, dcgan, dcgan32, dcgan_ln, dcgan_sn, mlp, resnet, resnet32, wide_mlp",
         "trainer: cpu, ddp, debug, default, gpu",
         "hparams_search: nice_optuna, vae_optuna",
         "logger: csv, none, tensorboard, wandb",

@@ -315,7 +315,7 @@ def test_conditional_gan_samples_carry_their_class(make_cfg, tmp_path) -> None:
     assert type(model.discriminator).__name__ == "ProjectionCritic"
 
 
-@pytest.mark.parametrize("net", ["dcgan", "dcgan_sn", "resnet"])
+@pytest.mark.parametrize("net", ["dcgan", "dcgan_sn", "dcgan_ln", "resnet"])
 @pytest.mark.parametrize("family", ["gan", "ogan", "aae", "ali"])
 def test_gan_net_presets_build_for_every_gan_family(tmp_path, family: str, net: str) -> None:
     """The DCGAN and SNGAN-style presets fit 28x28 digits in every GAN-type family
@@ -325,7 +325,7 @@ def test_gan_net_presets_build_for_every_gan_family(tmp_path, family: str, net: 
     from genlab.train import build_model
 
     narrow = {"resnet": "model.net.hidden_width=8", "dcgan": "model.net.channels=[8,16]"}
-    narrow["dcgan_sn"] = narrow["dcgan"]
+    narrow["dcgan_sn"] = narrow["dcgan_ln"] = narrow["dcgan"]
     cfg = compose_cfg([f"model={family}", f"model/net={net}", narrow[net]], tmp_path)
     model = build_model(cfg.model, (1, 28, 28), 10)
     x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
