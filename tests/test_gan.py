@@ -307,9 +307,7 @@ def test_conditional_gan_samples_carry_their_class(make_cfg, tmp_path) -> None:
     # The feature network's accuracy on samples of given classes: chance is 0.1.
     assert metrics["test/cond_acc"] > 0.5, metrics
     assert {"test/fid_raw", "test/kid_raw"} <= set(metrics)
-    assert (tmp_path / "images" / "classes_test.png").is_file() or any(
-        (tmp_path / "images").glob("classes_*.png")
-    )
+    assert any((tmp_path / "images").glob("classes_*.png"))  # class grids drawn
     model = objs["model"].eval()
     assert model.sample(4, y=7).shape == (4, 1, 8, 8)
     assert type(model.discriminator).__name__ == "ProjectionCritic"
