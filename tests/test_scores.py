@@ -89,7 +89,9 @@ def test_torchmetrics_fid_matches_numpy_scipy(mnist) -> None:
 
 
 class Oracle(torch.nn.Module):
-    """A 'generator' that returns real test images: of the asked class, or the first n."""
+    """A 'generator' that returns real test images: of the asked class, or the first n;
+    its reconstructions are the images themselves, or with ``shift``, their neighbours'
+    in the batch (the wrong digit for most)."""
 
     data_shape = (1, 8, 8)
 
@@ -97,6 +99,13 @@ class Oracle(torch.nn.Module):
         super().__init__()
         self.x, self.y = x.float() / 255, y
         self.w = torch.nn.Parameter(torch.zeros(1))
+        self.shift = 0
+
+    def preprocess(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        return x.float() / 255
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return x.roll(self.shift, 0)
 
     @property
     def device(self) -> torch.device:
@@ -126,6 +135,11 @@ def test_cond_acc_and_fid_of_an_oracle_on_digits(tmp_path, caplog) -> None:
     # class-conditioned samples are classified as well as real validation images.
     assert abs(scores["val/fid"]) < 1e-3 and scores["val/kid"] < 0
     assert scores["val/cond_acc"] >= 0.9 and record["val_acc"] >= 0.9
+    # Perfect reconstructions are classified as well as the images; a neighbour's are
+    # classified as the neighbour's digit (right about one time in ten).
+    assert scores["val/recon_acc"] == pytest.approx(record["val_acc"], abs=0.02)
+    oracle.shift = 1
+    assert cb.scores(trainer, oracle, "val")["val/recon_acc"] < 0.3
     assert (tmp_path / "digits.pt").is_file() and any((tmp_path / "stats").iterdir())
 
 
@@ -164,6 +178,7 @@ def test_eval_py_writes_every_metric_for_a_digits_checkpoint(make_cfg, tmp_path)
         "test/kid",
         "test/linear_probe_acc",
         "test/knn_acc",
+        "test/recon_acc",
     }
     assert want <= set(record["metrics"]), sorted(record["metrics"])
     assert record["hparams"] == {"iwae_samples": 64}

@@ -19,7 +19,8 @@ PROBES = ("linear_probe_acc", "knn_acc", "mlp_probe_acc")  # test/<name>, see pr
 
 
 class SampleScores(pl.Callback):
-    """FID / KID of samples, conditional accuracy and latent probes (``metrics.*``).
+    """FID / KID of samples, conditional and reconstruction accuracy, latent probes
+    (``metrics.*``).
 
     - ``val/fid``, ``val/kid``: ``n_val`` samples against ``n_val`` validation images,
       every ``every_n_epochs`` epochs and after the last; ``test/fid``, ``test/kid``
@@ -27,18 +28,23 @@ class SampleScores(pl.Callback):
     - ``{split}/fid_<variant>``, ``{split}/kid_<variant>``: the model's other samplers
       (``sample_variants(split)``; GANs: ``fid_raw``, the trained generator next to its EMA).
     - ``{split}/cond_acc``: models with ``sample_conditional(labels, generator)``.
+    - ``{split}/recon_acc``: models with ``reconstruct(x)`` (VAEs, AEs, ALI's G(E(x))...):
+      the feature network's accuracy on the reconstructions of ``n_val`` / ``n_test``
+      images of the split against the labels of the originals (does a round trip through
+      the code keep the digit's identity?).
     - ``test/linear_probe_acc``, ``test/knn_acc``, ``test/mlp_probe_acc``: models with
       ``encode``, samplers or not (logistic regression, a 5-NN vote and a one-hidden-layer
       classifier fitted on the frozen codes of ``n_probe_train`` training images, scored
       on the test split).
 
-    FID / KID and cond_acc apply to models of images that can ``sample``, the probes to
-    models of images that ``encode``; anything else is skipped silently.
+    FID / KID and cond_acc apply to models of images that can ``sample``, recon_acc to
+    those that ``reconstruct``, the probes to models of images that ``encode``; anything
+    else is skipped silently.
     Features come from genlab's per-data-set network (trained and cached on first use) or,
     with ``features="inception"``, torchmetrics' Inception. The network lives here, frozen:
     never in the optimiser or the model's checkpoint. Real features are cached per data
     set, split, size and feature network. Under DDP the ranks share the FID / KID work
-    (features gathered across ranks); cond_acc and the probes run on rank 0.
+    (features gathered across ranks); cond_acc, recon_acc and the probes run on rank 0.
     """
 
     def __init__(
@@ -74,6 +80,15 @@ class SampleScores(pl.Callback):
         """Images (C, H, W) and a sampler: FID / KID (and cond_acc)."""
         return len(getattr(pl_module, "data_shape", ())) == 3 and hasattr(pl_module, "sample")
 
+    @staticmethod
+    def recon_applies(pl_module: nn.Module) -> bool:
+        """Images (C, H, W) and ``reconstruct``: recon_acc."""
+        return len(getattr(pl_module, "data_shape", ())) == 3 and hasattr(pl_module, "reconstruct")
+
+    def uses_features(self, pl_module: nn.Module) -> bool:
+        """Whether any score of this model needs the feature network."""
+        return self.applies(pl_module) or self.recon_applies(pl_module)
+
     def probes_apply(self, pl_module: nn.Module) -> bool:
         """Images (C, H, W) and an encoder, with ``probes`` on."""
         images = len(getattr(pl_module, "data_shape", ())) == 3
@@ -88,6 +103,8 @@ class SampleScores(pl.Callback):
                 names |= {f"{split}/fid_{v}", f"{split}/kid_{v}"}
             if hasattr(pl_module, "sample_conditional"):
                 names.add(f"{split}/cond_acc")
+        if self.recon_applies(pl_module) and (split == "test" or self.every_n_epochs > 0):
+            names.add(f"{split}/recon_acc")
         if split == "test" and self.probes_apply(pl_module):
             names |= {f"test/{k}" for k in PROBES}
         return names
@@ -100,7 +117,7 @@ class SampleScores(pl.Callback):
         return fn(split) if fn is not None else {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if trainer.datamodule is not None and self.applies(pl_module):
+        if trainer.datamodule is not None and self.uses_features(pl_module):
             self._setup(trainer, pl_module)  # the feature net is ready before any loop runs
 
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -139,6 +156,8 @@ class SampleScores(pl.Callback):
         out: dict[str, float] = {}
         if self.applies(pl_module):
             out.update(self.sample_scores(trainer, pl_module, split))
+        if self.recon_applies(pl_module) and trainer.is_global_zero:
+            out[f"{split}/recon_acc"] = self.recon_acc(trainer, pl_module, split)
         if split == "test" and self.probes_apply(pl_module) and trainer.is_global_zero:
             from genlab.metrics.scores import probe_scores
 
@@ -178,8 +197,21 @@ class SampleScores(pl.Callback):
             out[f"{split}/cond_acc"] = float((pred == labels).float().mean())
         return out
 
+    def recon_acc(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> float:
+        """The feature network's accuracy on ``reconstruct(x)`` against the labels of x,
+        for the first ``n_val`` / ``n_test`` images of ``split`` (rank 0)."""
+        from genlab.metrics.scores import reconstruction_accuracy
+
+        self._setup(trainer, pl_module)
+        x, y = (t[: self.n[split]] for t in trainer.datamodule.splits[split][:2])
+        return reconstruction_accuracy(pl_module, self.net, x, y, seed=self.seed)
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.datamodule is None or not self.applies(pl_module):
+        if (
+            trainer.sanity_checking
+            or trainer.datamodule is None
+            or not self.uses_features(pl_module)
+        ):
             return
         if self.every_n_epochs > 0 and is_due(trainer, self.every_n_epochs):
             self._log(pl_module, self.scores(trainer, pl_module, "val"))

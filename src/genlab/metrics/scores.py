@@ -165,6 +165,29 @@ def classify(extractor_net: nn.Module, x: Tensor, batch_size: int = 1000) -> Ten
 
 
 @torch.no_grad()
+def reconstruction_accuracy(
+    model: nn.Module,
+    extractor_net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> float:
+    """Fraction of uint8 images x (N, C, H, W) whose reconstruction ``model.reconstruct``
+    the feature network classifies as their label y (N,): does the round trip through
+    the code keep the class? The model must be in eval mode."""
+    dev = next(model.parameters()).device
+    to_image = getattr(model, "to_image", lambda t: t.clamp(0, 1))
+    hits = torch.zeros((), device=dev)
+    for i in range(0, x.shape[0], batch_size):
+        b, lab = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
+        g = torch.Generator(device=dev).manual_seed(seed + i)  # fixed dequantisation noise
+        r = to_image(model.reconstruct(model.preprocess(b, g))).float()
+        hits += (extractor_net.logits(r).argmax(1) == lab).sum()
+    return float(hits) / x.shape[0]
+
+
+@torch.no_grad()
 def encode_all(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
     """Frozen latents (N, d) of uint8 images: the encoder's mean (VAE) or code (AE)."""
     out = []
