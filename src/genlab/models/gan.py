@@ -29,8 +29,7 @@ discriminator, D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018)
 from __future__ import annotations
 
 import contextlib
-import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
@@ -51,6 +50,7 @@ from genlab.checks import (
 from genlab.data.transforms import eval_generator, to_symmetric
 from genlab.errors import ConfigError
 from genlab.models.common import GenlabModule, adam_betas, make_optimizer
+from genlab.models.ema import AveragedNets
 from genlab.nn import MLP, Conv, build_net
 
 Loss = Literal["wgan_gp", "hinge", "nonsaturating"]
@@ -109,7 +109,7 @@ class ProjectionCritic(nn.Module):
         return self.psi(phi) + (self.embed(y) * phi).sum(1, keepdim=True)
 
 
-class GAN(GenlabModule):
+class GAN(AveragedNets, GenlabModule):
     """Generator G: z (B, latent_dim) -> x (B, *data_shape) in [-1, 1]; critic D: x -> score."""
 
     ema_of: tuple[str, ...] = ("generator",)  # the sampling side's nets, averaged
@@ -166,52 +166,12 @@ class GAN(GenlabModule):
             self.generator = nn.Sequential(nets.decoder(d, self.data_shape), out)
             self.discriminator = nets.encoder(self.data_shape, self.critic_dim())
 
-    # ---- EMA of the sampling side --------------------------------------------------------
-    def build_ema(self) -> None:
-        """Averaged copies of the nets in ``ema_of`` (``self.ema[name]``), saved with the
-        checkpoint; ``ema_count`` counts the averaging updates (G steps)."""
-        self.use_ema = self.hparams.get("ema_decay", 0) > 0
-        if self.use_ema:
-            nets = {n: copy.deepcopy(getattr(self, n)) for n in self.ema_of}
-            self.ema = nn.ModuleDict(nets).requires_grad_(False)
-            self.register_buffer("ema_count", torch.zeros((), dtype=torch.long))
-
-    def net(self, name: str) -> nn.Module:
-        """The net ``name`` to run: its EMA copy in evaluation mode (unless inside
-        :meth:`raw_weights`), the trained one otherwise."""
-        if self.use_ema and not self.training and name in self.ema:
-            return self.ema[name]
-        return getattr(self, name)
-
-    @contextlib.contextmanager
-    def raw_weights(self) -> Iterator[None]:
-        """``with model.raw_weights():`` evaluation uses the trained (not averaged) nets."""
-        use, self.use_ema = self.use_ema, False
-        try:
-            yield
-        finally:
-            self.use_ema = use
-
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        """ema <- d * ema + (1 - d) * raw after each G step, a plain copy for the first
-        ``ema_start`` steps (the random initial weights never enter the average), then
-        d = min(ema_decay, (1 + t) / (10 + t)) at t steps after the start: the averaging
-        window grows with the run (TensorFlow's ExponentialMovingAverage with
-        num_updates), so short runs are not averaged over weights far behind. Buffers
-        (batch-norm statistics) are copied. On the device: no host sync."""
-        h = self.hparams
-        t = (self.ema_count - h.ema_start).float()
-        decay = torch.clamp((1 + t) / (10 + t), max=h.ema_decay)
-        w = torch.where(t < 0, 1.0, 1.0 - decay)
-        for name in self.ema_of:
-            ema, raw = self.ema[name], getattr(self, name)
-            for e, p in zip(ema.parameters(), raw.parameters(), strict=True):
-                e.lerp_(p.detach(), w.to(e.dtype))
-            if name != self.ema_of[0]:  # the first net's statistics: standing_statistics()
-                for e, b in zip(ema.buffers(), raw.buffers(), strict=True):
-                    e.copy_(b)
-        self.ema_count += 1
+    # ---- EMA of the sampling side (genlab.models.ema) -----------------------------------
+    @property
+    def ema_own_buffers(self) -> tuple[str, ...]:
+        """The generator's averaged copy keeps its own batch-norm statistics
+        (:meth:`standing_statistics`); other averaged nets copy the trained ones."""
+        return self.ema_of[:1]
 
     @torch.no_grad()
     def standing_statistics(self, n_batches: int = 8, batch_size: int = 256) -> None:
@@ -249,18 +209,7 @@ class GAN(GenlabModule):
         self.standing_statistics()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Checkpoints written before the EMA existed: start the average at the weights;
-        loaded with ``ema_decay=0``: drop the average."""
-        state = checkpoint.get("state_dict", {})
-        has_ema = any(k.startswith("ema.") for k in state)
-        if self.use_ema and not has_ema:
-            for k, v in list(state.items()):
-                if k.split(".")[0] in self.ema_of:
-                    state[f"ema.{k}"] = v.clone()
-            state["ema_count"] = torch.tensor(self.hparams.ema_start, dtype=torch.long)
-        elif not self.use_ema and has_ema:
-            for k in [k for k in state if k.startswith("ema.") or k == "ema_count"]:
-                del state[k]
+        self.migrate_ema_state(checkpoint)
 
     def critic_dim(self) -> int:
         """Outputs of D: one score (O-GAN: a latent_dim code)."""
