@@ -15,7 +15,8 @@ from genlab.train import build, build_model
 
 FLOWS = {"nice", "realnvp", "glow"}
 GANS = {"gan", "ogan", "ali"}  # model 2-D data too, with model/net=mlp
-ANY_DATA = FLOWS | GANS | {"vib"}  # the others need 8-bit images
+DENOISERS = {"ddpm", "flow_matching"}  # model/net=unet (images) or time_mlp (vectors)
+ANY_DATA = FLOWS | GANS | DENOISERS | {"vib"}  # the others need 8-bit images
 # Big-data configs at full size cost seconds to build: shrink the widest nets.
 SMALL = {
     "nice": ["model.hidden_sizes=[32]"],
@@ -23,6 +24,12 @@ SMALL = {
     "glow": ["model.channels=8"],
     "vib": ["model.latent_dim=8"],
     "infomax": ["model.hidden_width=32", "model.channels=[8,16]"],
+    "ddpm": ["model.sample_steps=2"],
+    "flow_matching": [
+        "model.sample_steps=2",
+        "model.likelihood_solver=euler",
+        "model.likelihood_steps=2",
+    ],
 }
 
 
@@ -41,6 +48,12 @@ def test_every_model_and_data_instantiates(make_cfg, model: str, data: str) -> N
             build_model(cfg.model, dm.data_shape, dm.num_classes)
         return
     nets = ["model/net=mlp", "model/net=conv"] if "net" in cfg.model else [None]
+    if model in DENOISERS:
+        nets = ["model/net=unet", "model/net=time_mlp"]
+        if not images:  # the U-Net denoises images only: one line naming time_mlp
+            cfg = make_cfg(f"model={model}", f"data={data}", nets.pop(0))
+            with pytest.raises(ConfigError, match=r"model/net=time_mlp"):
+                build_model(cfg.model, dm.data_shape, dm.num_classes)
     for net in nets:
         if not images and net == "model/net=conv":  # GANs on 2-D data: MLPs only, one line
             cfg = make_cfg(f"model={model}", f"data={data}", net)
@@ -110,7 +123,8 @@ def test_help_lists_groups_and_options() -> None:
     ).stdout
     for line in (
         "model: " + ", ".join(MODELS),
-        "model/net: conv, dcgan, dcgan32, dcgan_ln, dcgan_sn, mlp, resnet, resnet32, wide_mlp",
+        "model/net: conv, dcgan, dcgan32, dcgan_ln, dcgan_sn, mlp, resnet, resnet32, time_mlp, "
+        "unet, wide_mlp",
         "trainer: cpu, ddp, debug, default, gpu",
         "hparams_search: nice_optuna, vae_optuna",
         "logger: csv, none, tensorboard, wandb",

@@ -534,7 +534,7 @@ METRICS: dict[str, Any] = {
     "features": Literal["genlab", "inception"],
     "cache_dir": str,
     "every_n_epochs": NonNegativeInt,
-    "n_val": PositiveInt,
+    "n_val": PositiveInt | None,
     "n_test": PositiveInt,
     "probes": bool,
 }

@@ -58,8 +58,10 @@ class ImageGrids(pl.Callback):
     epochs and after the last one; 2-D data (``data=toy2d``) get a density heat map and
     a sample histogram instead. Samples use fixed noise: grids compare across epochs.
 
-    PNGs: ``<run>/images/<samples|classes|filters|reconstructions|density>_epoch<E>.png``
-    (``filters``: the first-layer weights of Boltzmann machines, one image per unit).
+    PNGs: ``<run>/images/<name>_epoch<E>.png``, name one of samples, classes, filters,
+    reconstructions, reverse_process, density
+    (``filters``: the first-layer weights of Boltzmann machines, one image per unit;
+    ``reverse_process``: diffusion / flow-matching samples from noise to image, one row each).
     """
 
     def __init__(
@@ -101,6 +103,8 @@ class ImageGrids(pl.Callback):
             out["samples"] = views.sample_grid(model, self.n_samples, self.seed, self.min_size)
         if hasattr(model, "sample_conditional") and self.n_samples > 0:
             out["classes"] = views.class_grid(model, 10, self.seed, self.min_size)
+        if hasattr(model, "trajectory") and self.n_samples > 0:
+            out["reverse_process"] = views.trajectory_grid(model, 8, 10, self.seed, self.min_size)
         if hasattr(model, "filters") and self.n_samples > 0:
             out["filters"] = views.filter_grid(model, self.n_samples, self.min_size)
         if hasattr(model, "reconstruct") and self.n_reconstructions > 0:

@@ -22,7 +22,8 @@ class SampleScores(pl.Callback):
     """FID / KID of samples, conditional and reconstruction accuracy, latent probes
     (``metrics.*``).
 
-    - ``val/fid``, ``val/kid``: ``n_val`` samples against ``n_val`` validation images,
+    - ``val/fid``, ``val/kid``: ``n_val`` samples against ``n_val`` validation images
+      (None: the model's ``val_score_samples``, else 1000; DDPM and flow matching: 250),
       every ``every_n_epochs`` epochs and after the last; ``test/fid``, ``test/kid``
       with ``n_test`` at test time.
     - ``{split}/fid_<variant>``, ``{split}/kid_<variant>``: the model's other samplers
@@ -52,7 +53,7 @@ class SampleScores(pl.Callback):
         cache_dir: str = "data/feature_nets",
         features: Literal["genlab", "inception"] = "genlab",
         every_n_epochs: NonNegativeInt = 5,
-        n_val: PositiveInt = 1000,
+        n_val: PositiveInt | None = None,
         n_test: PositiveInt = 10000,
         probes: bool = True,
         n_probe_train: PositiveInt = 10000,
@@ -175,7 +176,7 @@ class SampleScores(pl.Callback):
         self._setup(trainer, pl_module)
         dm = trainer.datamodule
         out: dict[str, float] = {}
-        real = self._real(trainer, split, self.n[split])
+        real = self._real(trainer, split, self.samples(pl_module, split))
         n = real.shape[0]
         # Under DDP each rank holds every world-th real feature and draws its share of the
         # samples (its own noise); torchmetrics gathers the states in compute(), so the
@@ -197,13 +198,18 @@ class SampleScores(pl.Callback):
             out[f"{split}/cond_acc"] = float((pred == labels).float().mean())
         return out
 
+    def samples(self, pl_module: nn.Module, split: str) -> int:
+        """How many samples (and real images) score ``split``."""
+        n = self.n[split]
+        return n if n is not None else getattr(pl_module, "val_score_samples", 1000)
+
     def recon_acc(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> float:
         """The feature network's accuracy on ``reconstruct(x)`` against the labels of x,
         for the first ``n_val`` / ``n_test`` images of ``split`` (rank 0)."""
         from genlab.metrics.scores import reconstruction_accuracy
 
         self._setup(trainer, pl_module)
-        x, y = (t[: self.n[split]] for t in trainer.datamodule.splits[split][:2])
+        x, y = (t[: self.samples(pl_module, split)] for t in trainer.datamodule.splits[split][:2])
         return reconstruction_accuracy(pl_module, self.net, x, y, seed=self.seed)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -5,8 +5,8 @@ image callbacks and ``eval.py`` draw with the same code.
 
 Models are duck-typed: ``sample(n, generator)``, ``sample_conditional(labels, generator)``,
 ``reconstruct(x)``, ``filters(n)``, ``encode(x)`` with ``decode(z)`` or a flow's ``flow.inverse``,
-``log_prob(x)``, ``preprocess(x_uint8, generator)`` and ``to_image(x)`` (model space ->
-[0, 1]) are used where present.
+``log_prob(x)``, ``trajectory(n, frames, generator)``, ``preprocess(x_uint8, generator)``
+and ``to_image(x)`` (model space -> [0, 1]) are used where present.
 """
 
 from __future__ import annotations
@@ -43,6 +43,17 @@ def class_grid(model: nn.Module, per_class: int = 10, seed: int = 0, min_size: i
     labels = torch.arange(model.hparams.num_classes, device=model.device)
     s = model.sample_conditional(labels.repeat_interleave(per_class), _generator(model, seed))
     return make_grid(to_image(model, s, min_size), nrow=per_class)
+
+
+@torch.no_grad()
+def trajectory_grid(
+    model: nn.Module, n: int = 8, frames: int = 10, seed: int = 0, min_size: int = 0
+) -> Tensor:
+    """The sampling path of an iterative sampler (diffusion, flow matching): one row per
+    sample, ``frames`` states from the noise (left) to the sample (right)."""
+    path = model.trajectory(n, frames, generator=_generator(model, seed))  # (F, n, C, H, W)
+    rows = path.transpose(0, 1).flatten(0, 1)
+    return make_grid(to_image(model, rows, min_size), nrow=path.shape[0])
 
 
 @torch.no_grad()
@@ -190,9 +201,14 @@ def heat_map(values: Tensor) -> Tensor:
 
 @torch.no_grad()
 def density_map(model: nn.Module, lim: float, res: int) -> Tensor:
-    """exp(log p) of a 2-D model over [-lim, lim]^2 as a heat map."""
-    log_p = model.log_prob(plane_grid(lim, res, model.device))
-    return heat_map(log_p.exp().view(res, res))
+    """exp(log p) of a 2-D model over [-lim, lim]^2 as a heat map; models whose
+    log_prob is costly (an ODE solve or a bound per point) set ``density_resolution``:
+    evaluated on that coarser grid and upscaled (bilinear)."""
+    coarse = min(res, getattr(model, "density_resolution", res))
+    p = model.log_prob(plane_grid(lim, coarse, model.device)).exp().view(1, 1, coarse, coarse)
+    if coarse < res:
+        p = nn.functional.interpolate(p, size=(res, res), mode="bilinear", align_corners=False)
+    return heat_map(p.view(res, res))
 
 
 @torch.no_grad()

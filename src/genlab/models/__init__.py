@@ -5,7 +5,9 @@ from genlab.models.ae import AE
 from genlab.models.ali import ALI
 from genlab.models.cvae import CVAE
 from genlab.models.dbn import DBN
+from genlab.models.ddpm import DDPM
 from genlab.models.flow import NICE, Flow, Glow, RealNVP
+from genlab.models.flow_matching import FlowMatching
 from genlab.models.gan import GAN
 from genlab.models.glann import GLANN
 from genlab.models.gumbel_vae import GumbelVAE
@@ -21,6 +23,7 @@ __all__ = [
     "ALI",
     "CVAE",
     "DBN",
+    "DDPM",
     "GAN",
     "GLANN",
     "NICE",
@@ -29,6 +32,7 @@ __all__ = [
     "VAE",
     "VIB",
     "Flow",
+    "FlowMatching",
     "Glow",
     "GumbelVAE",
     "InfoMax",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -277,8 +277,9 @@ class _SumPool(nn.Module):
         return x.sum((2, 3))
 
 
-def build_net(spec: dict | None) -> MLP | Conv:
-    """Factory from a net spec ``{"arch": "<module>.<Class>", **kwargs}`` (None: default MLP)."""
+def build_net(spec: dict | None) -> Any:
+    """Factory from a net spec ``{"arch": "<module>.<Class>", **kwargs}`` (None: default MLP):
+    encoder / decoder factories (MLP, Conv, ResNet) or denoiser factories (UNet, TimeMLP)."""
     spec = dict(spec or {"arch": "genlab.nn.MLP"})
     path = spec.pop("arch", "genlab.nn.MLP")
     module, _, name = str(path).rpartition(".")
@@ -287,7 +288,8 @@ def build_net(spec: dict | None) -> MLP | Conv:
     except (ImportError, AttributeError, ValueError):
         raise ConfigError(
             f"model.net.arch={path!r} cannot be imported: "
-            "use genlab.nn.MLP, genlab.nn.Conv or genlab.nn.ResNet"
+            "use genlab.nn.MLP, genlab.nn.Conv or genlab.nn.ResNet "
+            "(denoisers: genlab.nn.UNet, genlab.nn.TimeMLP)"
         ) from None
     try:
         return cls(**spec)
