@@ -323,3 +323,22 @@ def test_a_denoiser_family_refuses_an_encoder_net(make_cfg) -> None:
     cfg = make_cfg("model=ddpm", "model/net=mlp", "data=digits")
     with pytest.raises(ConfigError, match="denoiser"):
         train(cfg)
+
+
+def test_ddpm_under_ddp_on_two_processes_keeps_one_average(tmp_path) -> None:
+    """Two CPU ranks train (no unused parameters), and rank 0's checkpoint holds an EMA
+    that moved away from the trained weights."""
+    from conftest import FAST, train_py
+
+    p = train_py(
+        [*FAST, "model=ddpm", "data=digits", "model.net.channels=8", "model.net.channel_mults=[1,2]",
+         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+         "+trainer.limit_train_batches=4", "metrics.every_n_epochs=0", "test=false",
+         f"hydra.run.dir={tmp_path / 'run'}"], tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    model = DDPM.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert int(model.ema_count) == 4  # one update per optimiser step
+    raw = dict(model.denoiser.named_parameters())
+    ema = dict(model.ema["denoiser"].named_parameters())
+    assert any(not torch.allclose(ema[k], raw[k]) for k in raw)

@@ -1,0 +1,103 @@
+"""Sampling cost and quality of an iterative sampler (DDPM, flow matching) per sampler and
+step count: seconds per 1,000 images, net evaluations, and FID / KID in genlab's feature
+space against the test split.
+
+    python scripts/sampling_cost.py <run>/checkpoints/last.ckpt ddim:10 ddim:50 ancestral:1000
+    python scripts/sampling_cost.py <ckpt> euler:10 heun:25 dopri5 --fid-n 1000 --out cost.json
+
+Each setting is ``<sampler>[:<steps>]`` (DDPM: ddim, ancestral; flow matching: euler,
+heun, dopri5). Time: ``--time-n`` images in one batch, after one warm-up batch, scaled to
+1,000 images (the cost is linear in the number of images at these batch sizes). FID /
+KID: ``--fid-n`` samples (0: timing only) against as many test images. The run's data
+config (next to the checkpoint) names the data set; features are genlab's cached
+per-data-set network (``GENLAB_CACHE`` or ``<data_dir>/feature_nets``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from genlab.checks import import_target
+from genlab.metrics.features import get_feature_net
+from genlab.metrics.scores import fid_kid_of, generate, make_fid_kid, real_features, set_real
+from genlab.train import build
+
+
+class _Counter:
+    n = 0
+
+    def __call__(self, *args: object) -> None:
+        self.n += 1
+
+
+def _kwargs(model, setting: str) -> dict:
+    name, _, steps = setting.partition(":")
+    key = "sampler" if hasattr(model.hparams, "timesteps") else "solver"
+    out = {key: name}
+    if steps:
+        out["steps"] = int(steps)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ckpt", type=Path)
+    p.add_argument("settings", nargs="+")
+    p.add_argument("--time-n", type=int, default=100)
+    p.add_argument("--fid-n", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+
+    torch.manual_seed(0)
+    cfg = OmegaConf.load(args.ckpt.resolve().parents[1] / ".hydra" / "config.yaml")
+    cls = import_target(cfg.model._target_)
+    model = cls.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
+    rows = []
+    fid = kid = None
+    if args.fid_n:
+        dm = build(cfg.data, "data")
+        dm.setup("test")
+        cache = os.environ.get("GENLAB_CACHE") or str(Path(cfg.paths.data_dir) / "feature_nets")
+        net, record = get_feature_net(dm, cache)
+        fid, kid = make_fid_kid(net, 1000)
+        x = dm.splits["test"][0][: args.fid_n]
+        name = f"{dm.__class__.__name__.lower()}_genlab-{record['digest']}_test_n{len(x)}.pt"
+        set_real(fid, kid, real_features(fid.inception, x, Path(cache) / "stats" / name))
+    counter = _Counter()
+    nets = [model.denoiser] + ([model.ema["denoiser"]] if getattr(model, "use_ema", False) else [])
+    for net in nets:  # net evaluations (a batched call counts once)
+        net.register_forward_hook(counter)
+    for setting in args.settings:
+        kw = _kwargs(model, setting)
+        model.sample(2, torch.Generator().manual_seed(1), **kw)  # warm-up
+        counter.n = 0
+        t0 = time.perf_counter()
+        model.sample(args.time_n, torch.Generator().manual_seed(0), **kw)
+        seconds = time.perf_counter() - t0
+        row = {
+            "setting": setting,
+            "net_evals": counter.n,
+            "s_per_1000": seconds * 1000 / args.time_n,
+        }
+        if fid is not None:
+            fake = generate(model, args.fid_n, seed=0, batch_size=args.batch_size, **kw)
+            s = fid_kid_of(fid, kid, fake)
+            row.update(fid=s["fid"], kid=s["kid"])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    info = {"ckpt": str(args.ckpt), "threads": torch.get_num_threads(), "time_n": args.time_n,
+            "fid_n": args.fid_n, "rows": rows}  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps(info, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
