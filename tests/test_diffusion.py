@@ -264,7 +264,7 @@ def test_runs_on_digits_log_bpd_and_reload_without_hydra(make_cfg, tmp_path, fam
         "model.net.channel_mults=[1,2]",
         "model.sample_steps=5",
         "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=3",
+        "trainer.limit_train_batches=3",
         "metrics.every_n_epochs=1",
         "callbacks.image_grids.n_samples=8",
         *(
@@ -331,9 +331,10 @@ def test_ddpm_under_ddp_on_two_processes_keeps_one_average(tmp_path) -> None:
     from conftest import FAST, train_py
 
     p = train_py(
-        [*FAST, "model=ddpm", "data=digits", "model.net.channels=8", "model.net.channel_mults=[1,2]",
-         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
-         "+trainer.limit_train_batches=4", "metrics.every_n_epochs=0", "test=false",
+        [*FAST, "model=ddpm", "data=digits", "model.net.channels=8",
+         "model.net.channel_mults=[1,2]", "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2", "trainer.max_epochs=1",
+         "trainer.limit_train_batches=4", "metrics.every_n_epochs=0", "test=false",
          f"hydra.run.dir={tmp_path / 'run'}"], tmp_path,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
