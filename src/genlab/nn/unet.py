@@ -208,22 +208,48 @@ class _Upsample(nn.Module):
 
 
 class TimeMLPModule(nn.Module):
-    """f(x, t, y) = MLP([flatten(x), emb(t, y)]) reshaped like x."""
+    """f(x, t, y) = MLP([flatten(x), u, sin(2^k pi u), cos(2^k pi u)]) reshaped like x, with
+    u = t / 1000 in [0, 1] and k = 0..frequencies-1 (low-frequency Fourier features: the
+    U-Net's sinusoidal embedding, made for integer timesteps, leaves a small MLP on 2-D
+    data far from the modes after the same number of steps); a label embedding is added
+    to the first hidden layer."""
 
     def __init__(
-        self, data_shape: Sequence[int], width: int, depth: int, activation: str, num_classes: int
+        self,
+        data_shape: Sequence[int],
+        width: int,
+        depth: int,
+        activation: str,
+        num_classes: int,
+        frequencies: int,
     ) -> None:
         super().__init__()
         self.data_shape = tuple(data_shape)
         d = math.prod(self.data_shape)
-        self.embed = TimeEmbedding(width, width, num_classes)
+        self.register_buffer(
+            "freqs",
+            math.pi * 2.0 ** torch.arange(frequencies, dtype=torch.float32),
+            persistent=False,
+        )
+        in_dim = d + 1 + 2 * frequencies
+        self.label = nn.Embedding(num_classes + 1, width) if num_classes and depth else None
+        self.num_classes = num_classes
+        self.first = nn.Linear(in_dim, width if depth else d)
         layers: list[nn.Module] = []
-        for i in range(depth):
-            layers += [nn.Linear(d + width if i == 0 else width, width), getattr(nn, activation)()]
-        self.net = nn.Sequential(*layers, nn.Linear(width if depth else d + width, d))
+        for _ in range(depth - 1):
+            layers += [getattr(nn, activation)(), nn.Linear(width, width)]
+        if depth:
+            layers += [getattr(nn, activation)(), nn.Linear(width, d)]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        h = torch.cat([x.flatten(1), self.embed(t, y)], 1)
+        u = (t.float() / 1000.0)[:, None]  # (B, 1)
+        f = u * self.freqs  # (B, frequencies)
+        h = self.first(torch.cat([x.flatten(1), u, f.sin(), f.cos()], 1))
+        if self.label is not None:
+            if y is None:
+                y = torch.full_like(t, self.num_classes, dtype=torch.long)
+            h = h + self.label(y)
         return self.net(h).view(x.shape)
 
 
@@ -278,7 +304,7 @@ class UNet(_DenoiserFactory):
 
 
 class TimeMLP(_DenoiserFactory):
-    """``model/net=time_mlp``: an MLP on [x, time embedding] for vector data (toy2d)
+    """``model/net=time_mlp``: an MLP on [x, Fourier features of t] for vector data (toy2d)
     or flattened small images."""
 
     def __init__(
@@ -286,9 +312,10 @@ class TimeMLP(_DenoiserFactory):
         width: PositiveInt = 256,
         depth: NonNegativeInt = 3,
         activation: ActivationName = "SiLU",
+        frequencies: NonNegativeInt = 6,
     ) -> None:
         check_args(type(self), locals(), "model.net")
-        self.kwargs = dict(width=width, depth=depth, activation=activation)
+        self.kwargs = dict(width=width, depth=depth, activation=activation, frequencies=frequencies)
 
     def denoiser(self, data_shape: Sequence[int], num_classes: int = 0) -> nn.Module:
         return TimeMLPModule(data_shape, num_classes=num_classes, **self.kwargs)
