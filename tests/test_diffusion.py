@@ -257,7 +257,7 @@ def test_unet_keeps_the_image_shape(size: int) -> None:
 @pytest.mark.parametrize("family", ["ddpm", "flow_matching"])
 def test_runs_on_digits_log_bpd_and_reload_without_hydra(make_cfg, tmp_path, family) -> None:
     cls = {"ddpm": DDPM, "flow_matching": FlowMatching}[family]
-    cfg = make_cfg(
+    overrides = [
         f"model={family}",
         "data=digits",
         "model.net.channels=8",
@@ -272,7 +272,8 @@ def test_runs_on_digits_log_bpd_and_reload_without_hydra(make_cfg, tmp_path, fam
             if family == "ddpm"
             else ["model.likelihood_solver=heun", "model.likelihood_steps=4"]
         ),
-    )
+    ]
+    cfg = make_cfg(*overrides)
     metrics, objs = train(cfg)
     assert metrics["val/loss"] < 5 and np.isfinite(metrics["test/bpd"])
     assert 0 < metrics["test/bpd"] < 16  # bits/dim of 8-bit data, untrained
@@ -289,10 +290,26 @@ def test_runs_on_digits_log_bpd_and_reload_without_hydra(make_cfg, tmp_path, fam
         bits = (-metrics["test/loglik"] - 64 * math.log(2)) / (64 * math.log(2)) + 8
         assert math.isclose(metrics["test/bpd"], bits, rel_tol=1e-4)
     assert (tmp_path / "images" / "reverse_process_epoch0000.png").is_file()
-    model = cls.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt").eval()
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    model = cls.load_from_checkpoint(ckpt).eval()
     assert torch.allclose(model.ema_count, objs["model"].ema_count)
     s = model.sample(3, _gen(0), steps=3)
     assert s.shape == (3, 1, 8, 8) and s.abs().max() <= 1
+    # eval.py on the checkpoint: the same test metrics, from the EMA weights
+    from omegaconf import OmegaConf
+
+    from genlab.evaluate import evaluate
+
+    (tmp_path / ".hydra").mkdir(exist_ok=True)  # what python train.py writes
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    out = evaluate(ckpt, ["metrics.n_test=64", "metrics.probes=false"])
+    assert np.isfinite(out["metrics"]["test/bpd"]) and np.isfinite(out["metrics"]["test/fid"])
+    assert (tmp_path / "checkpoints" / "eval_last" / "metrics.json").is_file()
+    if family == "ddpm":  # resumed: the EMA's count (its warm-up) continues
+        resumed = [o for o in overrides if not o.startswith("trainer.max_epochs")]
+        resumed += ["trainer.max_epochs=2", f"ckpt_path={ckpt}"]
+        _, again = train(make_cfg(*resumed))
+        assert int(again["model"].ema_count) == 2 * int(objs["model"].ema_count)
 
 
 @pytest.mark.parametrize("family", ["ddpm", "flow_matching"])
