@@ -293,15 +293,16 @@ class DDPM(IterativeSampler):
         self, z, labels, steps, generator, record, sampler: Sampler | None = None, eta=None
     ):
         """DDIM (eta = 0: deterministic; Song et al. 2021) or ancestral sampling over an
-        evenly spaced subsequence of ``steps`` timesteps (ancestral over all T steps is
-        Ho et al.'s sampler; fewer steps use the respaced betas of Nichol & Dhariwal)."""
+        evenly spaced subsequence of ``steps`` timesteps (default ``model.sample_steps``;
+        ancestral over all T steps is Ho et al.'s sampler, fewer steps use the respaced
+        betas of Nichol & Dhariwal)."""
         h = self.hparams
         sampler = sampler or h.sampler
         eta = h.eta if eta is None else eta
         if sampler not in ("ddim", "ancestral"):
             raise ValueError(f"sampler={sampler!r} is not one of ddim, ancestral")
         if steps is None:
-            steps = h.sample_steps if sampler == "ddim" else h.timesteps
+            steps = h.sample_steps
         steps = min(int(steps), h.timesteps)
         seq = torch.linspace(0, h.timesteps - 1, steps).round().long().tolist()
         marks, path = frame_steps(len(seq), record), ([z] if record else [])
