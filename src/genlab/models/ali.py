@@ -14,6 +14,13 @@ dropout on every hidden layer; the encoder is deterministic (BiGAN) or, with
 loss mode-collapsed with these unnormalised conv nets, and with WGAN-GP the stochastic
 encoder collapsed to the prior (mu constant, sigma 1: pairs independent, reconstructions
 one mean image) while the deterministic one learned to invert G; hence the defaults.
+
+Matching the joint distributions does not make G(E(x)) close to x in practice (ALI's
+reconstructions often change the digit; Li et al. 2017, "ALICE", trace this to the
+non-identifiability of the joint and bound the conditional entropy H(x|z) with a
+cycle-consistency term). ``cycle_weight`` > 0 adds ALICE's explicit version to the
+G/E loss: cycle_weight * mean over pixels and batch of (G(E(x)) - x)^2, logged as
+``train/cycle``; 0 gives plain ALI / BiGAN.
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ class ALI(GAN):
         critic_width: PositiveInt = 512,
         dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0,
         stochastic_encoder: bool = False,
+        cycle_weight: NonNegativeFloat = 10.0,
         conditional: bool = False,
         ema_decay: Decay = 0.999,
         ema_start: NonNegativeInt = 500,
@@ -135,7 +143,22 @@ class ALI(GAN):
         # (x, E(x)) called fake; gradients reach G and E only (frozen critic).
         s_fake = self.score(self.discriminate(d_fake, frozen=True))
         s_real = self.score(self.discriminate(d_real, frozen=True))
-        return {"g_loss": self.fool(s_fake, as_real=True) + self.fool(s_real, as_real=False)}
+        out = {"g_loss": self.fool(s_fake, as_real=True) + self.fool(s_real, as_real=False)}
+        if self.hparams.cycle_weight > 0:
+            # ALICE's cycle term on the encoder's pair: d_real = (x, z ~ q(z|x)), so this
+            # is ||G(z) - x||^2 with z from the same draw the critic saw; (B, C, H, W).
+            cycle = (self.decode(d_real[1]) - real).pow(2).mean()
+            out["cycle"] = cycle.detach()
+            out["g_loss"] = out["g_loss"] + self.hparams.cycle_weight * cycle
+        return out
+
+    def train_values(self, t: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
+        values = super().train_values(t, with_g)
+        if self.hparams.cycle_weight > 0:  # repeats its last value on critic-only batches
+            if with_g:
+                self._last_cycle = t["cycle"]
+            values["cycle"] = getattr(self, "_last_cycle", torch.zeros((), device=self.device))
+        return values
 
     @torch.no_grad()
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
