@@ -164,14 +164,16 @@ def test_slurm_launcher_is_wired_to_the_trainer(make_cfg) -> None:
 def test_gan_trains_under_ddp_on_two_processes(tmp_path: Path) -> None:
     """Two backward passes per step, each reaching one player's parameters (and a
     gradient penalty's double backward): DDP must reduce both without unused-parameter
-    errors, and the ranks must stay in step (rank 0's EMA counts every G step once)."""
+    errors, and the ranks must stay in step (rank 0's EMA counts every G step once). With
+    no cached feature network, rank 0 trains it while the other rank waits at a barrier."""
     run = tmp_path / "ddp"
     p = train_py(
         ["model=gan", "model/net=conv", "model.net.channels=[8,16]", "model.net.hidden_width=32",
          "model.loss=wgan_gp", "model.ema_start=2", "model.monitor=null",
          "metrics.every_n_epochs=0", "callbacks.sample_scores.probes=false",
          "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2",
-         "logger=csv", f"hydra.run.dir={run}"], tmp_path,
+         "logger=csv", f"metrics.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"],
+        tmp_path,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)

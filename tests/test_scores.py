@@ -119,6 +119,37 @@ class Oracle(torch.nn.Module):
         return self.x[idx]
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_ddp_only_rank_zero_may_train_the_feature_net(tmp_path, monkeypatch, rank) -> None:
+    """Rank 0 builds a missing net (on its own device) before the barrier; the other ranks
+    only read the cache after it. Each rank's copy lands on its own device."""
+    import genlab.metrics.features as features
+
+    events: list[str] = []
+    real = features.get_feature_net
+
+    def spy(dm, cache_dir, epochs=5, device=None):
+        events.append(f"get:{'cached' if (Path(cache_dir) / 'digits.pt').exists() else 'new'}")
+        assert device == torch.device("cpu")  # the module's device, not "cuda" (GPU 0)
+        return real(dm, cache_dir, 1, device=device)
+
+    def barrier(name=None):
+        events.append("barrier")
+        if rank:  # rank 0 has cached the net by now
+            real(dm, tmp_path, 1)
+
+    monkeypatch.setattr(features, "get_feature_net", spy)
+    dm = Digits()
+    strategy = SimpleNamespace(barrier=barrier)
+    trainer = SimpleNamespace(datamodule=dm, world_size=2, global_rank=rank, strategy=strategy)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    SampleScores(cache_dir=str(tmp_path))._setup(trainer, module)
+    if rank == 0:
+        assert events == ["get:new", "barrier", "get:cached"]
+    else:
+        assert events == ["barrier", "get:cached"]
+
+
 def test_cond_acc_and_fid_of_an_oracle_on_digits(tmp_path, caplog) -> None:
     dm = Digits()
     dm.setup()

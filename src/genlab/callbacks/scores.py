@@ -129,7 +129,14 @@ class SampleScores(pl.Callback):
         from genlab.metrics.features import data_key, get_feature_net
         from genlab.metrics.scores import inception_extractor, make_fid_kid
 
-        self.net, record = get_feature_net(trainer.datamodule, self.cache_dir, self.feature_epochs)
+        dm, device = trainer.datamodule, pl_module.device
+        if trainer.world_size > 1:
+            # Rank 0 trains and caches a missing net on its own device while the others
+            # wait; then every rank reads the cache and moves the net to its own device.
+            if trainer.global_rank == 0:
+                get_feature_net(dm, self.cache_dir, self.feature_epochs, device=device)
+            trainer.strategy.barrier("genlab-feature-net")
+        self.net, record = get_feature_net(dm, self.cache_dir, self.feature_epochs, device=device)
         if self.features == "inception":
             extractor, self.tag = inception_extractor(), "inception"
         else:

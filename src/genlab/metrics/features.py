@@ -159,9 +159,17 @@ def data_key(datamodule) -> str:
     return type(datamodule).__name__.lower()
 
 
-def get_feature_net(datamodule, cache_dir: str | Path, epochs: int = 5) -> tuple[FeatureNet, dict]:
-    """The cached feature net of this data set; trains (and caches) it when missing or
-    unreadable (a truncated file, another shape), saying so in one log line."""
+def get_feature_net(
+    datamodule,
+    cache_dir: str | Path,
+    epochs: int = 5,
+    device: torch.device | str | None = None,
+) -> tuple[FeatureNet, dict]:
+    """The cached feature net of this data set (on the CPU); trains (and caches) it on
+    ``device`` (default: the first GPU, else the CPU) when missing or unreadable (a
+    truncated file, another shape), saying so in one log line. Under DDP call it on one
+    rank first (as the scores callback does): every rank training its own copy on GPU 0 is
+    the hazard this avoids."""
     path = cache_path(cache_dir, data_key(datamodule))
     if path.exists():
         try:
@@ -180,7 +188,8 @@ def get_feature_net(datamodule, cache_dir: str | Path, epochs: int = 5) -> tuple
             "on its train split (cached for later runs)"
         )
         t0 = time.perf_counter()
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         net, acc = train_feature_net(
             datamodule.splits, datamodule.data_shape, datamodule.num_classes, epochs, device=device
         )
