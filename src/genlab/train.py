@@ -172,12 +172,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if hasattr(lg, "resume_step"):
             lg.resume_step = resume_step
     plugins = [] if cfg.trainer.get("plugins") else [AtomicCheckpointIO()]
+    # cuDNN's autotuner picks the fastest convolution algorithms for the (fixed) batch
+    # shapes; null turns it on unless the run asks to be deterministic.
+    benchmark = cfg.trainer.get("benchmark")
+    if benchmark is None:
+        benchmark = not cfg.trainer.get("deterministic")
 
     failed, trainer = True, None
     try:
         trainer = build(
-            cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins
-        )
+            cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+            plugins=plugins, benchmark=benchmark,
+        )  # fmt: skip
         strategy = trainer.strategy
         if isinstance(strategy, JobDDPStrategy) and "LOCAL_RANK" not in os.environ:
             # The other ranks run exactly this job: resolved config, concrete checkpoint.
