@@ -10,6 +10,7 @@ from genlab.metrics.likelihood import (
     log_categorical,
     log_normal,
     log_standard_normal,
+    sample_chunks,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "log_normal",
     "log_standard_normal",
     "pearson",
+    "sample_chunks",
 ]

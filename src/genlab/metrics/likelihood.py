@@ -8,6 +8,7 @@ over the batch.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -60,3 +61,30 @@ def gaussian_log_likelihood(mean: Tensor, x: Tensor, log_sigma: Tensor) -> Tenso
 def importance_weighted_bound(log_w: Tensor) -> Tensor:
     """log (1/k) sum_k exp(log_w) for log weights (k, B) -> (B,) (Burda et al. 2015)."""
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
+# Rows (importance samples x images) of the first chunk, and of every chunk on the CPU.
+DEFAULT_ROWS = 16384
+
+
+def sample_chunks(
+    k: int, b: int, device: torch.device, rows: int | None = None, fraction: float = 0.5
+) -> Iterator[int]:
+    """Chunk sizes c (summing to k) for evaluating k samples of a batch of b images, c * b
+    rows at a time: ``rows`` per chunk when given; else ``DEFAULT_ROWS``, and on a GPU,
+    after the first chunk, as many as fit in ``fraction`` of the free memory at the peak
+    bytes per row that chunk measured (it resets the device's peak-memory statistics)."""
+    measure = rows is None and device.type == "cuda"
+    rows = rows or DEFAULT_ROWS
+    done = 0
+    while done < k:
+        c = min(max(1, rows // b), k - done)
+        if measure:
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        yield c  # the caller evaluates c * b rows here
+        if measure:
+            per_row = max(1.0, (torch.cuda.max_memory_allocated(device) - base) / (c * b))
+            free, _ = torch.cuda.mem_get_info(device)
+            rows, measure = max(rows, int(fraction * free / per_row)), False
+        done += c

@@ -50,7 +50,12 @@ from genlab.checks import (
 )
 from genlab.data.transforms import eval_generator
 from genlab.errors import ConfigError, require_images
-from genlab.metrics import categorical_kl_uniform, importance_weighted_bound, log_categorical
+from genlab.metrics import (
+    categorical_kl_uniform,
+    importance_weighted_bound,
+    log_categorical,
+    sample_chunks,
+)
 from genlab.models.common import GenlabModule, PixelLikelihood, make_optimizer
 from genlab.nn import build_net
 from genlab.nn.categorical import gumbel_softmax, sample_one_hot, steps_to_floor, temperature
@@ -83,7 +88,7 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
         weight_decay: NonNegativeFloat = 0.0,
         optimizer: OptimizerName = "Adam",
         iwae_samples: PositiveInt = 1000,
-        iwae_batch_rows: PositiveInt = 16384,
+        iwae_batch_rows: PositiveInt | None = None,
     ) -> None:
         check_args(type(self), locals(), "model")
         if tau_min > tau0:
@@ -182,10 +187,8 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
         """log p(x) >= log mean_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q exactly: (B,)."""
         logits = self.posterior_logits(x)
         b = x.shape[0]
-        chunk = max(1, self.hparams.iwae_batch_rows // b)
         log_w = []
-        for start in range(0, k, chunk):
-            c = min(chunk, k - start)
+        for c in sample_chunks(k, b, x.device, self.hparams.iwae_batch_rows):
             z = sample_one_hot(logits.expand(c, *logits.shape), generator)  # (c, B, N, K)
             out = self.decode_codes(z.flatten(0, 1))
             xs = x.unsqueeze(0).expand(c, *x.shape).flatten(0, 1)

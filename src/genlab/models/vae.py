@@ -33,6 +33,7 @@ from genlab.metrics import (
     importance_weighted_bound,
     log_normal,
     log_standard_normal,
+    sample_chunks,
 )
 from genlab.models.common import GenlabModule, PixelLikelihood, make_optimizer
 from genlab.nn import build_net
@@ -55,7 +56,7 @@ class VAE(PixelLikelihood, GenlabModule):
         weight_decay: NonNegativeFloat = 0.0,
         optimizer: OptimizerName = "Adam",
         iwae_samples: PositiveInt = 1000,
-        iwae_batch_rows: PositiveInt = 16384,
+        iwae_batch_rows: PositiveInt | None = None,
     ) -> None:
         check_args(type(self), locals(), "model")
         super().__init__()
@@ -102,10 +103,8 @@ class VAE(PixelLikelihood, GenlabModule):
         """Importance-weighted bound log p(x) >= log mean_k p(x, z_k)/q(z_k|x): (B,)."""
         mu, log_var = self.encode(x)
         b = x.shape[0]
-        chunk = max(1, self.hparams.iwae_batch_rows // b)
         log_w = []
-        for start in range(0, k, chunk):
-            c = min(chunk, k - start)
+        for c in sample_chunks(k, b, x.device, self.hparams.iwae_batch_rows):
             eps = torch.randn((c, *mu.shape), generator=generator, device=mu.device)
             z = mu + (0.5 * log_var).exp() * eps  # (c, B, d)
             out = self.decode(z.flatten(0, 1))  # (c*B, *data_shape)
