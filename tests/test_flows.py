@@ -20,6 +20,7 @@ from genlab.nn.flows import (
     FlowSequence,
     InvConv1x1,
     MultiScale,
+    Permute,
     Prior,
     Reshape,
     Reverse,
@@ -42,6 +43,9 @@ def _layers():
     yield "affine_tanh_vec", VEC, lambda: Coupling(6, 0, dense, affine=True, scale="tanh")
     yield "affine_sigmoid_img", IMG, lambda: Coupling(4, 0, conv, affine=True)
     yield "affine_tanh_img", IMG, lambda: Coupling(4, 1, conv, affine=True, scale="tanh")
+    yield "additive_odd_vec_halves", (5,), lambda: Coupling(5, 1, dense, split="halves")
+    yield "affine_img_halves", IMG, lambda: Coupling(4, 1, conv, affine=True, split="halves")
+    yield "permute_vec", (5,), lambda: Permute.evens_first(5)
     for name, cls in [
         ("diag_scaling", DiagonalScaling),
         ("actnorm", ActNorm),
@@ -69,6 +73,75 @@ def _layers():
             [ActNorm(6), ExpLowRank(6), Coupling(6, 0, dense, True, "tanh"), Reverse()]
         ),
     )
+
+
+@pytest.mark.parametrize(("features", "parity"), [(6, 0), (6, 1), (5, 0), (5, 1)])
+def test_halves_between_evens_first_permutations_are_the_interleaved_coupling(
+    features: int, parity: int
+) -> None:
+    """NICE's odd/even partition, computed on contiguous halves: the same function (and the
+    same weights) as the interleaved coupling."""
+    torch.manual_seed(0)
+    net = mlp_net([8], activation="Tanh")
+    interleaved = Coupling(features, parity, net, affine=True)
+    halves = Coupling(features, parity, net, affine=True, split="halves")
+    halves.load_state_dict(interleaved.state_dict())
+    with torch.no_grad():
+        for p in interleaved.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    halves.load_state_dict(interleaved.state_dict())
+    seq = FlowSequence(
+        [Permute.evens_first(features), halves, Permute.evens_first(features, inverse=True)]
+    )
+    x = torch.randn(7, features)
+    (h1, ld1), (h2, ld2) = interleaved(x), seq(x)
+    assert torch.allclose(h1, h2, atol=1e-6) and torch.allclose(ld1, ld2, atol=1e-6)
+    assert ld1.abs().max() > 0.01  # a real affine map
+
+
+def test_invconv_mixes_channels_as_the_matrix_product() -> None:
+    layer = InvConv1x1(4)
+    w = layer.weight()
+    for x in (torch.randn(3, 4, 5, 5), torch.randn(3, 4)):
+        h, _ = layer(x)
+        assert torch.allclose(h, torch.einsum("ij,bj...->bi...", w, x), atol=1e-5)
+
+
+def test_checkpoints_from_before_the_contiguous_couplings_keep_their_function(tmp_path) -> None:
+    """A NICE state dict numbered as before the Permute layers loads renumbered; a Glow
+    checkpoint without ``coupling_split`` keeps interleaved couplings, and resuming it
+    under the new default is refused in one line."""
+    from genlab.checkpoints import check_resume, migrate_hparams
+    from genlab.errors import CheckpointError
+
+    torch.manual_seed(0)
+    nice = NICE((1, 4, 4), hidden_sizes=[16, 16])
+    k = nice.hparams.couplings
+    old_index = {1 + i: i for i in range(1, k + 1)} | {k + 3: k + 1}  # new -> old layer
+
+    def old_key(key: str) -> str:
+        parts = key.split(".")
+        if parts[:2] == ["flow", "layers"] and int(parts[2]) in old_index:
+            parts[2] = str(old_index[int(parts[2])])
+        return ".".join(parts)
+
+    new_state = nice.state_dict()
+    ckpt = {"state_dict": {old_key(key): v for key, v in new_state.items()}}
+    assert any(key.startswith("flow.layers.1.") for key in ckpt["state_dict"])
+    nice.on_load_checkpoint(ckpt)
+    assert ckpt["state_dict"].keys() == new_state.keys()
+    assert all(torch.equal(ckpt["state_dict"][key], v) for key, v in new_state.items())
+
+    glow = Glow((1, 8, 8), channels=8, steps=2)
+    hp = {k: v for k, v in glow.hparams.items() if k != "coupling_split"}
+    assert migrate_hparams(hp, "genlab.models.flow.Glow")["coupling_split"] == "interleaved"
+    path = tmp_path / "old.ckpt"
+    torch.save(
+        {"state_dict": glow.state_dict(), "hyper_parameters": hp, "global_step": 5,
+         "genlab_family": "genlab.models.flow.Glow"}, path,
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match="resume with model.coupling_split=interleaved"):
+        check_resume(glow, path)
 
 
 def _models():

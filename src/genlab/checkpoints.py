@@ -116,7 +116,8 @@ def migrate_hparams(hp: dict[str, Any], family: str) -> dict[str, Any]:
     ``update`` -> ``update_rule`` (GANs), ``d_hidden`` -> ``critic_hidden_sizes`` (AAE),
     ``hidden`` -> ``hidden_sizes`` (NICE) or ``channels`` and ``dense_hidden`` ->
     ``hidden_sizes`` (RealNVP, Glow), and in net specs ``hidden`` -> ``hidden_sizes``
-    (MLP) or ``hidden_width`` (Conv)."""
+    (MLP) or ``hidden_width`` (Conv); RealNVP / Glow checkpoints from before
+    ``coupling_split`` keep their interleaved couplings."""
     hp = dict(hp)
     name = family.rpartition(".")[2]
     renames = {"update": "update_rule", "d_hidden": "critic_hidden_sizes"}
@@ -127,6 +128,8 @@ def migrate_hparams(hp: dict[str, Any], family: str) -> dict[str, Any]:
     for old, new in renames.items():
         if old in hp and new not in hp:
             hp[new] = hp.pop(old)
+    if name in ("RealNVP", "Glow") and "coupling_split" not in hp:
+        hp["coupling_split"] = "interleaved"  # their couplings before contiguous halves
     net = hp.get("net")
     if isinstance(net, dict) and "hidden" in net:
         net = dict(net)
@@ -145,7 +148,7 @@ def migrated(ckpt: dict[str, Any], path: str | Path) -> str | Path | io.BytesIO:
     new = migrate_hparams(hp, str(ckpt.get(FAMILY_KEY, "")))
     if new == hp:
         return path
-    log.info("%s: mapping renamed hyper-parameters %s", path, sorted(set(hp) - set(new)))
+    log.info("%s: mapping renamed hyper-parameters %s", path, sorted(set(hp) ^ set(new)))
     buf = io.BytesIO()
     torch.save({**ckpt, "hyper_parameters": new}, buf)
     buf.seek(0)
@@ -165,6 +168,11 @@ def describe_mismatch(model: torch.nn.Module, ckpt: dict[str, Any]) -> str | Non
     return None
 
 
+# Model settings that change what the weights compute without changing their shapes: a
+# resume must keep them (the shapes check cannot see them).
+SAME_SHAPE_KEYS = ("coupling_split",)
+
+
 def check_resume(model: torch.nn.Module, path: str | Path) -> int:
     """Before fit(ckpt_path=...): the checkpoint must be this family with these shapes.
     Returns its global step."""
@@ -174,8 +182,14 @@ def check_resume(model: torch.nn.Module, path: str | Path) -> int:
     if hook is not None:  # the model's own migrations (e.g. GANs from before the EMA)
         hook(ckpt)
     problem = describe_mismatch(model, ckpt)
+    hp = migrate_hparams(ckpt.get("hyper_parameters") or {}, str(ckpt.get(FAMILY_KEY, "")))
+    for key in SAME_SHAPE_KEYS:  # settings that change the function but no weight's shape
+        if key in hp and key in model.hparams and hp[key] != model.hparams[key]:
+            raise CheckpointError(
+                f"{path} was trained with model.{key}={hp[key]}, this config has "
+                f"{model.hparams[key]}: resume with model.{key}={hp[key]}"
+            )
     if problem:
-        hp = ckpt.get("hyper_parameters", {})
         diff = {
             k: (v, model.hparams.get(k))
             for k, v in hp.items()

@@ -42,6 +42,7 @@ from genlab.nn.flows import (
     FlowSequence,
     InvConv1x1,
     MultiScale,
+    Permute,
     Prior,
     Reshape,
     Reverse,
@@ -173,10 +174,33 @@ class NICE(Flow):
     def build_flow(self) -> FlowLayer:
         h = self.hparams
         net = mlp_net(list(h.hidden_sizes), h.activation)
-        layers: list[FlowLayer] = [Reshape(self.data_shape, (self.dim,))]
-        layers += [Coupling(self.dim, i % 2, net) for i in range(h.couplings)]
-        layers.append(DiagonalScaling(self.dim))
+        # The paper's odd/even partition, as contiguous halves: features reordered evens
+        # first once, couplings on halves, the order restored before the scaling.
+        layers: list[FlowLayer] = [
+            Reshape(self.data_shape, (self.dim,)),
+            Permute.evens_first(self.dim),
+            *(Coupling(self.dim, i % 2, net, split="halves") for i in range(h.couplings)),
+            Permute.evens_first(self.dim, inverse=True),
+            DiagonalScaling(self.dim),
+        ]
         return FlowSequence(layers)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints from before the two Permute layers (interleaved couplings at
+        flow.layers.1..K, the scaling at K+1) hold the same function: renumber."""
+        state = checkpoint.get("state_dict", {})
+        if not any(k.startswith("flow.layers.1.") for k in state):
+            return
+        k = self.hparams.couplings
+
+        def new_key(key: str) -> str:
+            parts = key.split(".")
+            if parts[:2] == ["flow", "layers"]:
+                i = int(parts[2])
+                parts[2] = str(i + 1 if 1 <= i <= k else i + 2 if i == k + 1 else i)
+            return ".".join(parts)
+
+        checkpoint["state_dict"] = {new_key(key): v for key, v in state.items()}
 
 
 class _AffineFlow(Flow):
@@ -197,6 +221,7 @@ class _AffineFlow(Flow):
         mixing: Literal["none", "reverse", "invconv", "explowrank"] | None = None,
         scale: Literal["tanh", "sigmoid"] | None = None,
         actnorm: bool = True,
+        coupling_split: Literal["halves", "interleaved"] = "halves",
         prior: Literal["gaussian", "logistic"] = "gaussian",
         lr: PositiveFloat = 1e-3,
         lr_final: PositiveFloat | None = None,
@@ -225,7 +250,12 @@ class _AffineFlow(Flow):
                 layers.append(mix(features))
             # Without a mixing layer, alternate which half is transformed (RealNVP).
             parity = i % 2 if mix is None else 0
-            layers.append(Coupling(features, parity, make_net, affine=True, scale=self.scale))
+            layers.append(
+                Coupling(
+                    features, parity, make_net, affine=True, scale=self.scale,
+                    split=h.coupling_split,
+                )
+            )  # fmt: skip
         return FlowSequence(layers)
 
     def build_flow(self) -> FlowLayer:
