@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MODELS
+from omegaconf import open_dict
 
 from genlab.metrics import sample_chunks
+from genlab.testing import CountSyncs, SyncCounter
 from genlab.train import train
 
 
@@ -38,3 +41,42 @@ def test_iwae_chunks_cover_the_samples_and_grow_to_the_free_gpu_memory(monkeypat
     assert sizes == [163, 5000, 5000, 5000, 4837]
     # A fixed setting is kept on a GPU too.
     assert list(sample_chunks(1000, 100, torch.device("cuda"), rows=50_000)) == [500, 500]
+
+
+# Each family's own small settings for a few steps per training phase.
+PHASES = {
+    "dbn": ["model.pretrain_epochs=1", "trainer.max_epochs=5"],
+    "glann": ["model.glo_epochs=1", "trainer.max_epochs=2"],
+}
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_training_steps_never_read_values_back_to_the_host(make_cfg, family) -> None:
+    """No .item() / float() / bool() / .cpu() ... on any per-step path of any family (the
+    CPU stand-in for torch.cuda.set_sync_debug_mode): with the divergence guard in its
+    GPU mode (one read-back every check_every_n_steps, beyond these runs), steps 2-7 of
+    each epoch and what runs between them read nothing back."""
+    cfg = make_cfg(
+        f"model={family}", "data=digits", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=8", "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0", "test=false", "trainer.enable_progress_bar=false",
+        "callbacks.divergence_guard.every_step=false",
+        "callbacks.divergence_guard.check_every_n_steps=1000", *PHASES.get(family, []),
+    )  # fmt: skip
+    with open_dict(cfg):  # first: it stops counting before the others' epoch-end hooks
+        count = {"count_syncs": {"_target_": "genlab.testing.CountSyncs", "start": 2}}
+        cfg.callbacks = {**count, **cfg.callbacks}
+    _, objs = train(cfg)
+    (cb,) = [c for c in objs["trainer"].callbacks if isinstance(c, CountSyncs)]
+    assert objs["trainer"].global_step >= 6
+    assert cb.counter.count == 0, cb.counter.sites
+
+
+def test_the_sync_counter_sees_a_read_back() -> None:
+    x = torch.ones(3)
+    with SyncCounter() as counter:
+        counter.active = True
+        float(x.sum()), x.tolist(), bool(x.any())
+        counter.active = False
+        x.sum().item()
+    assert counter.count == 3 and "float" in counter.sites[0]

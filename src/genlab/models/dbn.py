@@ -102,6 +102,19 @@ class DBN(BinaryImages, GenlabModule):
         # Stage: l < L trains RBM l; L fine-tunes. A buffer, so checkpoints know it.
         self.register_buffer("stage", torch.tensor(0))
         self.register_buffer("pixel_mean", torch.full((sizes[0],), 0.5))
+        # Its value on the host, so that training steps never read the buffer back (a
+        # device sync per step on GPUs); re-read after any state-dict load.
+        self._stage: int | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: module._forget_stage())
+
+    def _forget_stage(self) -> None:
+        self._stage = None
+
+    @property
+    def current_stage(self) -> int:
+        if self._stage is None:
+            self._stage = int(self.stage)
+        return self._stage
 
     @property
     def num_layers(self) -> int:
@@ -109,7 +122,7 @@ class DBN(BinaryImages, GenlabModule):
 
     @property
     def finetuning(self) -> bool:
-        return int(self.stage) >= self.num_layers
+        return self.current_stage >= self.num_layers
 
     def later_metrics(self) -> set[str]:
         """Validation metrics that only fine-tuning logs (for the checkpoint monitor)."""
@@ -171,7 +184,7 @@ class DBN(BinaryImages, GenlabModule):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Gibbs chain of the top RBM trained so far (``sample_steps`` sweeps from noise),
         then down through the lower RBMs: binary states, pixel probabilities at the end."""
-        top = min(int(self.stage), self.num_layers - 1)
+        top = min(self.current_stage, self.num_layers - 1)
         rbm = self.rbms[top]
         v = torch.bernoulli(
             torch.full((n, rbm.visible), 0.5, device=self.device), generator=generator
@@ -206,6 +219,7 @@ class DBN(BinaryImages, GenlabModule):
         if stage >= self.num_layers and not self.finetuning:
             self._unroll()
         self.stage.fill_(stage)
+        self._stage = stage
         if stage < self.num_layers:
             into = self.current_epoch - stage * self.hparams.pretrain_epochs
             set_momentum(self.optimizers()[stage].optimizer, into, self.hparams)
@@ -223,7 +237,7 @@ class DBN(BinaryImages, GenlabModule):
 
     def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         x = self.preprocess(batch[0])
-        stage = int(self.stage)
+        stage = self.current_stage
         opt = self.optimizers()[min(stage, self.num_layers)]
         if stage < self.num_layers:
             rbm = self.rbms[stage]
@@ -265,7 +279,7 @@ class DBN(BinaryImages, GenlabModule):
         fine-tuning, and always at test: the auto-encoder's loss and mse."""
         x = self.preprocess(batch[0], eval_generator(batch[0].device, batch_idx))
         out: dict[str, Tensor] = {}
-        stage = int(self.stage)
+        stage = self.current_stage
         if stage < self.num_layers and not full:
             rbm = self.rbms[stage]
             v = self.propagate(x, stage)
