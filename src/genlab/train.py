@@ -32,6 +32,7 @@ from genlab.checks import (
     check_writable,
     raw_value,
 )
+from genlab.compile import check_mode, compile_networks
 from genlab.distributed import JobDDPStrategy, write_job_config
 from genlab.errors import ConfigError, GenlabError, RunInterrupted
 
@@ -128,6 +129,8 @@ def preflight(cfg: DictConfig) -> None:
     check_config(cfg)
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
     check_writable(cfg.paths.output_dir, "paths.output_dir")
+    if cfg.get("compile"):
+        check_mode(str(cfg.get("compile_mode", "default")))
     scores = (cfg.get("callbacks") or {}).get("sample_scores")
     if scores:
         check_writable(scores.cache_dir, "metrics.cache_dir")
@@ -159,6 +162,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule = build(cfg.data, "data")
     model = build_model(cfg.model, datamodule.data_shape, datamodule.num_classes)
     check_selection(cfg, model)
+    if cfg.get("compile"):
+        compile_networks(model, str(cfg.get("compile_mode", "default")))
     # This family, these shapes (one line otherwise); the step the logs continue from.
     resume_step = check_resume(model, ckpt_path) if ckpt_path else None
     callbacks = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]

@@ -37,6 +37,25 @@ class GenlabModule(pl.LightningModule):
         super().__init__()
         self.train_window = StepMetrics()
 
+    # ---- torch.compile (compile=true) -------------------------------------------------
+    # The networks on the training path that torch.compile may compile, by attribute path;
+    # families add theirs or say why one stays eager (compile_targets).
+    compile_nets: tuple[str, ...] = (
+        "encoder", "decoder", "generator", "denoiser", "flow", "mapper", "net.encoder",
+        "local_net", "global_net",
+    )  # fmt: skip
+
+    def compile_targets(self) -> dict[str, str | None]:
+        """{submodule path: None to compile it, or the reason it stays eager}."""
+        out: dict[str, str | None] = {}
+        for name in self.compile_nets:
+            try:
+                self.get_submodule(name)
+            except AttributeError:
+                continue
+            out[name] = None
+        return out
+
     # ---- evaluation: one method, every caller -------------------------------------------
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
         """Held-out metrics of one batch: {name: batch mean} (nats per image, bits/dim,

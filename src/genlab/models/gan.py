@@ -211,6 +211,17 @@ class GAN(AveragedNets, GenlabModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.migrate_ema_state(checkpoint)
 
+    compile_nets = ("generator", "discriminator", "encoder", "decoder")
+
+    def compile_targets(self) -> dict[str, str | None]:
+        out = super().compile_targets()
+        if self.hparams.loss == "wgan_gp" and "discriminator" in out:
+            out["discriminator"] = (
+                "the gradient penalty differentiates its gradient (double backward), "
+                "which torch.compile does not support"
+            )
+        return out
+
     def critic_dim(self) -> int:
         """Outputs of D: one score (O-GAN: a latent_dim code)."""
         return 1
