@@ -134,3 +134,57 @@ def test_a_bad_compile_mode_is_one_line(make_cfg) -> None:
     cfg = make_cfg("data=digits", "compile=true", "compile_mode=fastest")
     with pytest.raises(ConfigError, match="compile_mode='fastest' is not one of default"):
         train(cfg)
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        ["model=vae", "trainer.gradient_clip_val=1.0"],
+        ["model=nice", "model.hidden_sizes=[32,32]", "model.lr_final=1e-4"],  # per-epoch decay
+        [
+            "model=ddpm",
+            "model/net=unet",
+            "model.net.channels=8",
+            "model.net.channel_mults=[1,2]",
+            "model.net.attention=false",
+            "model.warmup_steps=5",
+        ],  # per-step warm-up, EMA
+    ],  # fmt: skip
+    ids=["vae_clipped", "nice_lr_decay", "ddpm_warmup_ema"],
+)
+def test_inner_steps_train_exactly_as_one_step_per_batch(make_cfg, tmp_path, family) -> None:
+    """inner_steps=4: the same updates on the same batches, so the same logged training
+    windows at the same steps, validation losses and final weights (deterministic)."""
+
+    def run(k: int):
+        cfg = make_cfg(
+            *family, "data=digits", "trainer.max_epochs=2", "trainer.deterministic=true",
+            "trainer.log_every_n_steps=4", "metrics.every_n_epochs=0", "test=false",
+            f"inner_steps={k}", output_dir=tmp_path / str(k),
+        )  # fmt: skip
+        _, objs = train(cfg)
+        rows = csv_rows(tmp_path / str(k))
+        keys = [k_ for k_ in rows[0] if "/" in k_ and not k_.startswith("time/")]
+        logged = [(r["step"], k_, r[k_]) for r in rows for k_ in keys if r[k_]]
+        state = objs["model"].state_dict()
+        return objs["trainer"].global_step, logged, state
+
+    (s1, log1, w1), (s4, log4, w4) = run(1), run(4)
+    assert s1 == s4 == 2 * 12  # digits: 12 batches an epoch; global_step counts steps
+    assert any(k == "train/loss" for _, k, _ in log1) and log1 == log4
+    assert all(torch.equal(w1[k], w4[k]) for k in w1)
+
+
+def test_inner_steps_leave_manual_optimisation_alone(make_cfg, caplog) -> None:
+    cfg = make_cfg("model=gan", "data=digits", "trainer.fast_dev_run=true", "inner_steps=4")
+    with caplog.at_level(logging.INFO, logger="genlab.steps"):
+        train(cfg)
+    assert "inner_steps=4: GAN optimises manually; one step per batch" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["0", "2.5", "many"])
+def test_bad_inner_steps_are_one_line(make_cfg, value) -> None:
+    from genlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="inner_steps must be a positive integer"):
+        train(make_cfg("data=digits", f"inner_steps={value}"))

@@ -1,12 +1,13 @@
 """Every use of a private Lightning API in genlab, in one place.
 
-Lightning has no public way to do these two things; ``tests/test_lightning_internals.py``
+Lightning has no public way to do these things; ``tests/test_lightning_internals.py``
 fails with a message naming what changed if an upgrade breaks one of them.
 
 - :func:`step_logs_due`: whether step-level metrics logged now reach the loggers (the
   logger connector's ``should_update_logs``), so genlab logs a window mean once per
   logging interval instead of calling ``self.log`` on every step (see
-  ``genlab.models.common.StepMetrics``).
+  ``genlab.models.common.StepMetrics``); :func:`advance_logging_steps`: the loop's count
+  of batches that stepped, which the loggers' x-axis follows (``genlab.steps``).
 - :class:`JobConfigLauncher`, :func:`start_method` and :func:`set_launcher`: Lightning's
   subprocess launcher (which starts DDP ranks 1..N-1 by re-running the command line),
   changed so that the other ranks of a Hydra multirun trial run that trial's resolved
@@ -39,6 +40,7 @@ import genlab
 
 __all__ = [
     "JobConfigLauncher",
+    "advance_logging_steps",
     "set_launcher",
     "start_method",
     "step_logs_due",
@@ -52,6 +54,12 @@ def step_logs_due(trainer: pl.Trainer) -> bool:
     """True when metrics logged with ``on_step=True`` during this training batch go to
     the loggers (every ``log_every_n_steps`` batches that stepped, and when stopping)."""
     return bool(trainer.fast_dev_run) or trainer._logger_connector.should_update_logs
+
+
+def advance_logging_steps(trainer: pl.Trainer, n: int) -> None:
+    """Count ``n`` more batches that stepped: the step loggers see and the counter
+    ``log_every_n_steps`` follows (``genlab.steps``: several optimizer steps per batch)."""
+    trainer.fit_loop.epoch_loop._batches_that_stepped += n
 
 
 def undo_nvml_cuda_check(strategy: str = "") -> None:

@@ -35,6 +35,7 @@ from genlab.checks import (
 from genlab.compile import check_mode, compile_networks
 from genlab.distributed import JobDDPStrategy, write_job_config
 from genlab.errors import ConfigError, GenlabError, RunInterrupted
+from genlab.steps import use_inner_steps
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,9 @@ def preflight(cfg: DictConfig) -> None:
     check_writable(cfg.paths.output_dir, "paths.output_dir")
     if cfg.get("compile"):
         check_mode(str(cfg.get("compile_mode", "default")))
+    inner = cfg.get("inner_steps", 1)
+    if inner is not None and (isinstance(inner, bool) or not isinstance(inner, int) or inner < 1):
+        raise ConfigError(f"inner_steps must be a positive integer, got {inner!r}")
     scores = (cfg.get("callbacks") or {}).get("sample_scores")
     if scores:
         check_writable(scores.cache_dir, "metrics.cache_dir")
@@ -164,6 +168,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     check_selection(cfg, model)
     if cfg.get("compile"):
         compile_networks(model, str(cfg.get("compile_mode", "default")))
+    t = cfg.trainer
+    inner = use_inner_steps(
+        model, datamodule, int(cfg.get("inner_steps") or 1), t.get("gradient_clip_val"),
+        t.get("gradient_clip_algorithm"), int(t.get("accumulate_grad_batches") or 1),
+    )  # fmt: skip
     # This family, these shapes (one line otherwise); the step the logs continue from.
     resume_step = check_resume(model, ckpt_path) if ckpt_path else None
     callbacks = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
@@ -185,9 +194,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     failed, trainer = True, None
     try:
+        # With inner steps the model clips its own gradients (manual optimisation).
+        clip = {"gradient_clip_val": None, "gradient_clip_algorithm": None} if inner else {}
         trainer = build(
             cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-            plugins=plugins, benchmark=benchmark,
+            plugins=plugins, benchmark=benchmark, **clip,
         )  # fmt: skip
         strategy = trainer.strategy
         if isinstance(strategy, JobDDPStrategy) and "LOCAL_RANK" not in os.environ:

@@ -95,6 +95,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         check_args(type(self), locals(), "data")
         super().__init__()
         self.batch_size = batch_size
+        self.train_batch_size: int | None = None  # genlab.steps: k x batch_size per batch
         self.eval_batch_size = eval_batch_size
         self.binarize = binarize
         self.split_seed = split_seed
@@ -150,7 +151,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> TensorBatches:
-        return self._batches("train", self.batch_size, shuffle=True)
+        return self._batches("train", self.train_batch_size or self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches("val", self.eval_batch_size, shuffle=False)

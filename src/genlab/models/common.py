@@ -131,6 +131,7 @@ class StepMetrics:
         self.keys: list[str] = []
         self.total: torch.Tensor | None = None  # (len(keys),) sums over the window
         self.count = 0
+        self.defer = False  # genlab.steps: more optimizer steps follow in this batch
 
     def __call__(self, module, values: dict[str, torch.Tensor]) -> None:
         v = torch.stack([t.detach().float() for t in values.values()])
@@ -138,7 +139,7 @@ class StepMetrics:
             self.keys, self.total, self.count = list(values), torch.zeros_like(v), 0
         self.total.add_(v)
         self.count += 1
-        if step_logs_due(module.trainer):
+        if not self.defer and step_logs_due(module.trainer):
             means = self.total / self.count
             for i, k in enumerate(self.keys):
                 module.log(k, means[i], on_step=True, on_epoch=False, batch_size=1)
