@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 import torch
-from conftest import MODELS, csv_rows
+from conftest import MODELS, REPO, csv_rows
 from omegaconf import open_dict
 
 from genlab.metrics import sample_chunks
@@ -188,3 +189,23 @@ def test_bad_inner_steps_are_one_line(make_cfg, value) -> None:
 
     with pytest.raises(ConfigError, match="inner_steps must be a positive integer"):
         train(make_cfg("data=digits", f"inner_steps={value}"))
+
+
+def test_gpu_check_runs_shrunk_on_the_cpu(tmp_path) -> None:
+    """scripts/gpu_check.py --smoke: every family trains a step and the benchmark runs, so
+    the GPU check cannot rot between GPU runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    result = gpu_check.main(["--smoke", "--out-dir", str(tmp_path)])
+    assert set(result["families"]) == set(MODELS)
+    bad = {f: r.get("error") for f, r in result["families"].items() if not r["ok"]}
+    assert not bad, bad
+    rows = result["benchmark"]["smoke"]["vae_tiny_digits"]
+    assert set(rows) == {"eager", "inner4"}
+    assert all(r["runner_images_per_s"] > 0 for r in rows.values())
+    saved = json.loads((tmp_path / "cpu_smoke.json").read_text())
+    assert saved["families"].keys() == result["families"].keys()
+    assert "| vae_tiny_digits | 16 | eager_inner4 |" in (tmp_path / "cpu_smoke.md").read_text()
