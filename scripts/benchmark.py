@@ -304,8 +304,11 @@ def calls_per_step(
 def _category(filename: str) -> str:
     """Where a profiled function lives: genlab, Lightning, torch.optim, torch, Python."""
     f = filename.replace(os.sep, "/")
-    if "/genlab/" in f or "benchmark.py" in f:
-        return "genlab (callbacks, logging, the family's step)"
+    runner_parts = ("/callbacks/", "/data/", "_lightning.py", "steps.py", "models/common.py")
+    if "benchmark.py" in f or ("/genlab/" in f and any(p in f for p in runner_parts)):
+        return "genlab runner (callbacks, step logging, batching)"
+    if "/genlab/" in f:
+        return "genlab family code (the step's maths, as in the hand loop)"
     if "/lightning/" in f or "/lightning_utilities/" in f or "/lightning_fabric/" in f:
         return "Lightning (loop, hooks, progress tracking)"
     if "/torch/optim/" in f:
