@@ -209,3 +209,12 @@ def test_gpu_check_runs_shrunk_on_the_cpu(tmp_path) -> None:
     saved = json.loads((tmp_path / "cpu_smoke.json").read_text())
     assert saved["families"].keys() == result["families"].keys()
     assert "| vae_tiny_digits | 16 | eager_inner4 |" in (tmp_path / "cpu_smoke.md").read_text()
+
+
+def test_inner_steps_stop_at_max_steps(make_cfg) -> None:
+    cfg = make_cfg(
+        "model=vae", "data=digits", "inner_steps=4", "+trainer.max_steps=10",
+        "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "test=false",
+    )  # fmt: skip
+    _, objs = train(cfg)
+    assert objs["trainer"].global_step == 10

@@ -73,6 +73,9 @@ def use_inner_steps(
         opt = model.optimizers()
         configs = model.trainer.lr_scheduler_configs
         chunks = _split(batch, batch_size)
+        max_steps = model.trainer.max_steps
+        if max_steps >= 0:  # stop at trainer.max_steps, not at the next multiple of k
+            chunks = chunks[: max(1, max_steps - model.global_step)]
         # The loggers' step counter (and log_every_n_steps) as if each chunk were a batch:
         # the last chunk's logging then happens at its own step.
         advance_logging_steps(model.trainer, len(chunks) - 1)
