@@ -113,6 +113,7 @@ VARIANTS = {
     "compiled_bf16": Variant(compile=True, precision="bf16-mixed"),
     "inner4": Variant(inner_steps=4),
     "compiled_inner4": Variant(compile=True, inner_steps=4),
+    "inner16": Variant(inner_steps=16),
 }
 
 
