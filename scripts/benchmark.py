@@ -73,7 +73,7 @@ class StepTimer(pl.Callback):
 
     @property
     def rate(self) -> float:
-        return self.images / (self.t1 - self.t0)
+        return self.images / (self.t1 - self.t0) if self.t1 > self.t0 else 0.0
 
 
 def compose_cfg(overrides: list[str], out: Path) -> DictConfig:
@@ -291,12 +291,12 @@ def _profile(fn, overrides: list[str], steps: int, variant: Variant):
     return pstats.Stats(profile)
 
 
-def calls_per_step(
-    fn, overrides: list[str], variant: Variant = Variant(), short: int = 8, long: int = 40
-) -> float:
+def calls_per_step(fn, overrides: list[str], variant: Variant = Variant()) -> float:
     """Python function calls per optimizer step of ``fn`` (runner or bare Lightning):
     the difference between runs of ``long`` and ``short`` steps, under cProfile. Unlike
     images/s it does not depend on what else the machine is doing."""
+    k = variant.inner_steps
+    short, long = max(8, 2 * k), max(40, 6 * k)
     a = _profile(fn, overrides, short, variant).total_calls
     b = _profile(fn, overrides, long, variant).total_calls
     return round((b - a) / (long - short), 1)
