@@ -326,6 +326,7 @@ def step_profile(overrides: list[str], variant: Variant = Variant()) -> dict[str
     own time per function, long minus short run; profiling inflates Python-heavy code, so
     read the shares, not the absolute sum)."""
     short, long = 8, 88
+    _profile(runner, overrides, short, variant)  # first-run costs (imports, caches) out
     stats = [_profile(runner, overrides, n, variant).stats for n in (short, long)]
     out: dict[str, float] = {}
     for sign, st in ((-1, stats[0]), (1, stats[1])):
