@@ -74,3 +74,20 @@ def test_undo_nvml_cuda_check(monkeypatch, user, strategy, kept) -> None:
     import os
 
     assert ("PYTORCH_NVML_BASED_CUDA_CHECK" in os.environ) == kept
+
+
+def test_manual_optimizer_step_counters_for_inner_steps() -> None:
+    """genlab.steps' plain path counts a bare torch step in global_step through these."""
+    import torch
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    opt = LightningOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+    for name in ("_on_before_step", "_on_after_step"):
+        assert callable(getattr(opt, name, None)), (
+            f"Lightning's LightningOptimizer.{name} is gone: update "
+            "genlab._lightning.plain_optimizer_step"
+        )
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False)
+    assert isinstance(trainer.fit_loop.epoch_loop._batches_that_stepped, int), (
+        "Lightning's _batches_that_stepped is gone: update genlab._lightning.advance_logging_steps"
+    )

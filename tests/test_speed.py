@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import MODELS, REPO, csv_rows
@@ -218,3 +219,25 @@ def test_inner_steps_stop_at_max_steps(make_cfg) -> None:
     )  # fmt: skip
     _, objs = train(cfg)
     assert objs["trainer"].global_step == 10
+
+
+class _CountBackward(pl.Callback):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.calls += 1
+
+
+def test_inner_steps_keep_lightnings_path_for_hooks_that_need_it(make_cfg) -> None:
+    """A callback hooked into the backward pass sees every inner step (Lightning's path);
+    without one, the plain path runs (same numbers: the exactness test above)."""
+    cfg = make_cfg(
+        "model=vae", "data=digits", "inner_steps=4", "trainer.max_epochs=1",
+        "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "test=false",
+    )  # fmt: skip
+    with open_dict(cfg):
+        cfg.callbacks["count"] = {"_target_": f"{__name__}._CountBackward"}
+    _, objs = train(cfg)
+    (cb,) = [c for c in objs["trainer"].callbacks if isinstance(c, _CountBackward)]
+    assert cb.calls == objs["trainer"].global_step == 12

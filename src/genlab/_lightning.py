@@ -7,7 +7,9 @@ fails with a message naming what changed if an upgrade breaks one of them.
   logger connector's ``should_update_logs``), so genlab logs a window mean once per
   logging interval instead of calling ``self.log`` on every step (see
   ``genlab.models.common.StepMetrics``); :func:`advance_logging_steps`: the loop's count
-  of batches that stepped, which the loggers' x-axis follows (``genlab.steps``).
+  of batches that stepped, which the loggers' x-axis follows (``genlab.steps``);
+  :func:`plain_optimizer_step`: a LightningOptimizer's step counted without its strategy
+  path (``genlab.steps``, where no hook needs that path).
 - :class:`JobConfigLauncher`, :func:`start_method` and :func:`set_launcher`: Lightning's
   subprocess launcher (which starts DDP ranks 1..N-1 by re-running the command line),
   changed so that the other ranks of a Hydra multirun trial run that trial's resolved
@@ -41,6 +43,7 @@ import genlab
 __all__ = [
     "JobConfigLauncher",
     "advance_logging_steps",
+    "plain_optimizer_step",
     "set_launcher",
     "start_method",
     "step_logs_due",
@@ -60,6 +63,17 @@ def advance_logging_steps(trainer: pl.Trainer, n: int) -> None:
     """Count ``n`` more batches that stepped: the step loggers see and the counter
     ``log_every_n_steps`` follows (``genlab.steps``: several optimizer steps per batch)."""
     trainer.fit_loop.epoch_loop._batches_that_stepped += n
+
+
+def plain_optimizer_step(optimizer: Any) -> None:
+    """``optimizer.step()`` of a LightningOptimizer (manual optimisation) without the
+    strategy / precision-plugin path: the bare torch step between the progress-tracking
+    calls that count it in ``global_step``. Only where nothing hooks into that path
+    (``genlab.steps`` checks: one device, no AMP scaler, no callback overriding the
+    backward / optimizer-step hooks)."""
+    optimizer._on_before_step()
+    optimizer.optimizer.step()
+    optimizer._on_after_step()
 
 
 def undo_nvml_cuda_check(strategy: str = "") -> None:

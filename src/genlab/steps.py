@@ -11,8 +11,15 @@ Lightning's per-step cost paid once per k. ``global_step`` counts optimizer step
 the logging step counter advances by k per Lightning step, so curves, ``max_steps`` and
 ``log_every_n_steps`` (a multiple of k) mean what they mean without it.
 
+Where nothing hooks into Lightning's backward / optimizer-step path (one device, no
+16-bit gradient scaler, no callback or module overriding ``on_before_backward``,
+``on_after_backward``, ``on_before_optimizer_step``, ``backward``...), the inner steps
+call ``loss.backward()`` and the torch optimizer directly (counted in ``global_step``
+as Lightning counts them): that path's hooks are most of Lightning's per-step cost.
+Otherwise they go through ``manual_backward`` and ``LightningOptimizer.step``.
+
 Families with manual optimisation (GANs, ...) already take their own steps and run
-unchanged (one step per batch); so do families with more than one optimizer.
+unchanged (one step per batch).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from genlab._lightning import advance_logging_steps
+from genlab._lightning import advance_logging_steps, plain_optimizer_step
 from genlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,40 @@ def _split(batch: Any, size: int) -> list[Any]:
         return list(batch.split(size))
     parts = [_split(t, size) for t in batch]
     return [type(batch)(chunk) for chunk in zip(*parts, strict=True)]
+
+
+# Hooks on the backward / optimizer-step path: where any callback or the module
+# overrides one, inner steps go through Lightning's path (manual_backward, opt.step()).
+PATH_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+PLAIN_PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true")
+
+
+def plain_path_ok(model: pl.LightningModule) -> bool:
+    """True when Lightning's backward and optimizer-step path would add nothing but
+    cost: one device, no gradient scaler (16-bit AMP), no hook overridden on it (module
+    or callbacks), no custom ``backward`` / ``optimizer_step``."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    trainer = model.trainer
+    if not isinstance(trainer.strategy, SingleDeviceStrategy):
+        return False
+    if str(trainer.precision) not in PLAIN_PRECISIONS:
+        return False
+    module_hooks = (*PATH_HOOKS, "backward", "optimizer_step", "optimizer_zero_grad")
+    if any(is_overridden(h, model, pl.LightningModule) for h in module_hooks):
+        return False
+    return not any(
+        is_overridden(h, cb, pl.Callback) for cb in trainer.callbacks for h in PATH_HOOKS
+    )
+
+
+def _clip(model: pl.LightningModule, value: float, algorithm: str) -> None:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, value)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, value)
 
 
 def use_inner_steps(
@@ -71,6 +112,7 @@ def use_inner_steps(
 
     def training_step(batch, batch_idx: int):
         opt = model.optimizers()
+        plain = plain_path_ok(model)
         configs = model.trainer.lr_scheduler_configs
         chunks = _split(batch, batch_size)
         max_steps = model.trainer.max_steps
@@ -87,10 +129,16 @@ def use_inner_steps(
             out = inner_step(chunk, index)
             loss = out["loss"] if isinstance(out, dict) else out
             opt.zero_grad(set_to_none=True)
-            model.manual_backward(loss)
-            if clip_val:
-                model.clip_gradients(opt, clip_val, clip_algorithm or "norm")
-            opt.step()
+            if plain:  # what Lightning's path does when nothing hooks into it
+                loss.backward()
+                if clip_val:
+                    _clip(model, clip_val, clip_algorithm or "norm")
+                plain_optimizer_step(opt)
+            else:
+                model.manual_backward(loss)
+                if clip_val:
+                    model.clip_gradients(opt, clip_val, clip_algorithm or "norm")
+                opt.step()
             for c in configs:
                 if c.interval == "step" and (model.global_step % c.frequency == 0):
                     c.scheduler.step()
