@@ -114,6 +114,7 @@ VARIANTS = {
     "inner4": Variant(inner_steps=4),
     "compiled_inner4": Variant(compile=True, inner_steps=4),
     "inner16": Variant(inner_steps=16),
+    "compiled_inner16": Variant(compile=True, inner_steps=16),
 }
 
 
