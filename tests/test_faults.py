@@ -154,6 +154,9 @@ def test_interrupted_run_stops_with_one_line_and_its_checkpoint(tmp_path, sig, c
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background (cmd &) inherits an ignored SIGINT: the run
+        # gets the terminal's default, as a user's foreground run has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     last = run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120

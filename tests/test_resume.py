@@ -124,7 +124,12 @@ def test_ctrl_c_during_a_save_waits_for_the_whole_file(tmp_path: Path) -> None:
             return (dict, ())
 
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
-    with pytest.raises(KeyboardInterrupt):
-        io.save_checkpoint({"step": torch.tensor(3), "x": SignalsMidSave()}, path)
+    # Python's Ctrl-C handler, also where the suite was started with SIGINT ignored (cmd &).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            io.save_checkpoint({"step": torch.tensor(3), "x": SignalsMidSave()}, path)
+    finally:
+        signal.signal(signal.SIGINT, before)
     saved = torch.load(path, weights_only=False)  # (the test's object is not weights-only)
     assert saved["step"] == 3  # written whole, then the interrupt
