@@ -110,9 +110,13 @@ def use_inner_steps(
     batch_end = model.on_train_batch_end
     model.automatic_optimization = False
 
+    plain_path: list[bool] = []  # decided once, at the first step (the trainer is known)
+
     def training_step(batch, batch_idx: int):
         opt = model.optimizers()
-        plain = plain_path_ok(model)
+        if not plain_path:
+            plain_path.append(plain_path_ok(model))
+        plain = plain_path[0]
         configs = model.trainer.lr_scheduler_configs
         chunks = _split(batch, batch_size)
         max_steps = model.trainer.max_steps
