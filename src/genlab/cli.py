@@ -25,22 +25,58 @@ _MAX_SWEEP_CHECKS = 16
 
 
 def config_dir() -> str:
-    """The project's conf/ folder: env GENLAB_CONF, else next to src/ (editable install)."""
+    """genlab's config folder: env GENLAB_CONF, else the one shipped in the package
+    (``genlab/conf``; a checkout's top-level ``conf`` links to it)."""
     env = os.environ.get("GENLAB_CONF")
-    return str(Path(env).resolve() if env else Path(__file__).resolve().parents[2] / "conf")
+    return str(Path(env).resolve() if env else Path(__file__).resolve().parent / "conf")
+
+
+def search_dirs(args: list[str], conf: Path) -> list[Path] | None:
+    """genlab's config folder and the folders a ``hydra.searchpath=[...]`` override adds
+    (``file://<dir>`` relative to the working directory, ``pkg://<package>``); None when
+    an entry can't be listed here (Hydra then judges the options alone)."""
+    dirs = [conf]
+    for arg in args:
+        key, eq, value = arg.lstrip("+").partition("=")
+        if key != "hydra.searchpath" or not eq:
+            continue
+        for entry in value.strip().strip("[]").split(","):
+            entry = entry.strip().strip("'\"")
+            if entry.startswith("file://"):
+                dirs.append(Path(entry.removeprefix("file://")).expanduser())
+            elif entry.startswith("pkg://"):
+                found = _package_dir(entry.removeprefix("pkg://"))
+                if found is None:
+                    return None
+                dirs.append(found)
+    return dirs
+
+
+def _package_dir(name: str) -> Path | None:
+    import importlib.resources
+
+    try:
+        root = importlib.resources.files(name.replace("/", "."))
+    except (ModuleNotFoundError, TypeError, ValueError):
+        return None
+    return Path(str(root)) if Path(str(root)).is_dir() else None
 
 
 def unknown_option(args: list[str], conf: Path) -> str | None:
-    """One line naming the first ``group=option`` override whose option doesn't exist.
+    """One line naming the first ``group=option`` override whose option doesn't exist in
+    genlab's configs or a folder that ``hydra.searchpath`` adds.
 
     Hydra's own message for this lists its search path; ours says what to choose.
     """
+    dirs = search_dirs(args, conf)
+    if dirs is None:
+        return None
     for arg in args:
         key, eq, value = arg.lstrip("+~").partition("=")
-        group = conf / key
-        if not eq or key.startswith("hydra") or not group.is_dir() or "(" in value or "$" in value:
+        groups = [d / key for d in dirs if (d / key).is_dir()]
+        if not eq or key.startswith("hydra") or not groups or "(" in value or "$" in value:
             continue
-        options = sorted(p.stem for p in group.glob("*.yaml"))
+        options = sorted({p.stem for g in groups for p in g.glob("*.yaml")})
         for choice in value.strip("[]").split(","):
             if choice and choice != "null" and choice not in options:
                 near = difflib.get_close_matches(choice, options, n=1)

@@ -1,0 +1,47 @@
+"""Errors that genlab reports as one line (what is wrong, what to do) instead of a traceback."""
+
+from __future__ import annotations
+
+
+class GenlabError(Exception):
+    """Base class: the command-line entry points print these as a single line
+    (``genlab: <label>: <message>``) and exit with ``exit_code``."""
+
+    label = "error"
+    exit_code = 2
+
+
+class ConfigError(GenlabError, ValueError):
+    """A configuration value is invalid or does not fit the data."""
+
+
+class DataNotFoundError(GenlabError, FileNotFoundError):
+    """Data files are missing and could not be downloaded."""
+
+
+class DivergenceError(GenlabError, RuntimeError):
+    """The loss became NaN or infinite during training."""
+
+
+class RunInterrupted(GenlabError):
+    """Ctrl-C or SIGTERM stopped a run; the message says where its last checkpoint is."""
+
+    label = "interrupted"
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def require_images(setting: str, data_shape: tuple[int, ...]) -> None:
+    """Raise ConfigError unless the data are 8-bit images (C, H, W); ``setting`` names
+    the choice that needs them, e.g. ``"model.likelihood=bernoulli"``."""
+    if len(data_shape) != 3:
+        raise ConfigError(
+            f"{setting} needs image data (C, H, W), but the data have shape "
+            f"{tuple(data_shape)}: choose a continuous likelihood / loss, or image data"
+        )
+
+
+class CheckpointError(GenlabError, RuntimeError):
+    """A checkpoint is missing, unreadable, or belongs to another family or config."""

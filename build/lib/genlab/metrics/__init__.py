@@ -1,0 +1,29 @@
+"""Metrics: pure functions of tensors and torchmetrics-based accumulators."""
+
+from genlab.metrics.latent import LatentMoments, active_units, pearson
+from genlab.metrics.likelihood import (
+    bernoulli_log_likelihood,
+    categorical_kl_uniform,
+    gaussian_kl,
+    gaussian_log_likelihood,
+    importance_weighted_bound,
+    log_categorical,
+    log_normal,
+    log_standard_normal,
+    sample_chunks,
+)
+
+__all__ = [
+    "LatentMoments",
+    "active_units",
+    "bernoulli_log_likelihood",
+    "categorical_kl_uniform",
+    "gaussian_kl",
+    "gaussian_log_likelihood",
+    "importance_weighted_bound",
+    "log_categorical",
+    "log_normal",
+    "log_standard_normal",
+    "pearson",
+    "sample_chunks",
+]

@@ -1,0 +1,208 @@
+"""Pieces several families share: the base class and its evaluation contract,
+optimiser construction, step-metric logging and the pixel likelihoods of the
+latent-variable models."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from genlab._lightning import step_logs_due
+from genlab.data.transforms import binarize, to_unit
+from genlab.errors import ConfigError
+from genlab.metrics import bernoulli_log_likelihood, gaussian_log_likelihood
+
+
+class GenlabModule(pl.LightningModule):
+    """Base of every family.
+
+    The evaluation contract: ``batch_metrics(batch, batch_idx, full=False)`` returns the
+    held-out metrics of one batch, ``{name: batch mean}``. ``validation_step`` logs them
+    as ``val/<name>``, ``test_step`` as ``test/<name>`` with ``full=True`` (which adds
+    the costly test-time estimates, e.g. the IWAE bound), ``callbacks=test_curve`` as
+    ``curve/test_<name>``, and ``eval.py`` runs the test step. ``training_step`` logs its
+    terms with :meth:`log_train` (``train/<name>``, averaged over each logging window).
+
+    Checkpoints say which family wrote them, and ``load_from_checkpoint`` loads safely
+    (``weights_only``), maps renamed hyper-parameters of older checkpoints, and refuses
+    another family's checkpoint with one line instead of a state-dict traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_window = StepMetrics()
+
+    # ---- torch.compile (compile=true) -------------------------------------------------
+    # The networks on the training path that torch.compile may compile, by attribute path;
+    # families add theirs or say why one stays eager (compile_targets).
+    compile_nets: tuple[str, ...] = (
+        "encoder", "decoder", "generator", "denoiser", "flow", "mapper", "net.encoder",
+        "local_net", "global_net",
+    )  # fmt: skip
+
+    def compile_targets(self) -> dict[str, str | None]:
+        """{submodule path: None to compile it, or the reason it stays eager}."""
+        out: dict[str, str | None] = {}
+        for name in self.compile_nets:
+            try:
+                self.get_submodule(name)
+            except AttributeError:
+                continue
+            out[name] = None
+        return out
+
+    # ---- evaluation: one method, every caller -------------------------------------------
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """Held-out metrics of one batch: {name: batch mean} (nats per image, bits/dim,
+        ...); evaluation noise comes from generators seeded by ``batch_idx``."""
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log_eval("val", self.batch_metrics(batch, batch_idx), batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.log_eval("test", self.batch_metrics(batch, batch_idx, full=True), batch)
+
+    def log_eval(self, split: str, metrics: dict[str, Tensor], batch) -> None:
+        """Epoch means of held-out metrics, weighted by batch size, reduced across ranks."""
+        values = {f"{split}/{k}": v for k, v in metrics.items()}
+        self.log_dict(values, batch_size=batch[0].shape[0], sync_dist=True)
+
+    def log_train(self, values: dict[str, Tensor]) -> None:
+        """Training terms as ``train/<name>``: means over each logging window."""
+        self.train_window(self, {f"train/{k}": v for k, v in values.items()})
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from genlab.checkpoints import FAMILY_KEY, family_of
+
+        checkpoint[FAMILY_KEY] = family_of(type(self))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):  # noqa: D102
+        from genlab.checkpoints import check_family, migrated, read_checkpoint
+
+        if isinstance(checkpoint_path, (str, os.PathLike)):
+            ckpt = read_checkpoint(checkpoint_path)
+            check_family(ckpt, cls, checkpoint_path)
+            checkpoint_path = migrated(ckpt, checkpoint_path)
+        kwargs.setdefault("weights_only", True)
+        return super().load_from_checkpoint(checkpoint_path, map_location, **kwargs)
+
+
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    name: str,
+    lr: float,
+    weight_decay: float,
+    **kwargs: object,
+) -> torch.optim.Optimizer:
+    """``torch.optim.<name>(params, lr=lr, weight_decay=weight_decay, **kwargs)``;
+    kwargs are e.g. ``betas``, ``momentum``, ``eps`` (``model.optimizer_kwargs``)."""
+    try:
+        return getattr(torch.optim, name)(params, lr=lr, weight_decay=weight_decay, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.optimizer_kwargs={kwargs!r} do not fit {name}: {e}") from None
+
+
+def adam_betas(name: str, betas: Iterable[float]) -> dict[str, tuple[float, ...]]:
+    """``{"betas": betas}`` for the Adam family (Adam, AdamW, ...), else nothing: the
+    families' ``model.betas`` applies only where the optimiser has them."""
+    return {"betas": tuple(betas)} if "Adam" in name else {}
+
+
+class StepMetrics:
+    """Training-step metrics averaged on the device over each logging window.
+
+    Lightning's ``self.log`` costs about half a millisecond per call on a CPU, which is
+    a tenth of a small model's step. Step metrics only reach the loggers every
+    ``log_every_n_steps`` steps anyway, so this keeps one running sum (two small ops a
+    step, no host sync) and calls ``log`` once per window with the window means: less
+    noise, same cost as a hand-written loop. (Nothing is logged with ``prog_bar=True``:
+    Lightning reads those back after every step; genlab's ProgressBar reads them itself.)
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.total: torch.Tensor | None = None  # (len(keys),) sums over the window
+        self.count = 0
+        self.defer = False  # genlab.steps: more optimizer steps follow in this batch
+
+    def __call__(self, module, values: dict[str, torch.Tensor]) -> None:
+        v = torch.stack([t.detach().float() for t in values.values()])
+        if self.total is None or list(values) != self.keys:
+            self.keys, self.total, self.count = list(values), torch.zeros_like(v), 0
+        self.total.add_(v)
+        self.count += 1
+        if not self.defer and step_logs_due(module.trainer):
+            means = self.total / self.count
+            for i, k in enumerate(self.keys):
+                module.log(k, means[i], on_step=True, on_epoch=False, batch_size=1)
+            self.total, self.count = None, 0
+
+
+class PixelLikelihood:
+    """Decoder-side methods of the latent-variable families (VAE, CVAE, GumbelVAE).
+
+    ``hparams.likelihood`` is ``bernoulli`` (data binarised on the device, decoder
+    outputs logits) or ``gaussian`` (data in [0, 1], decoder outputs the mean, std
+    ``exp(log_sigma)``). Subclasses call ``init_likelihood`` in ``__init__`` and define
+    ``decoder``.
+    """
+
+    def init_likelihood(self, sigma: float, learn_sigma: bool) -> None:
+        log_sigma = torch.tensor(math.log(sigma))
+        if learn_sigma:
+            self.log_sigma = torch.nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+
+    def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 batch -> model input: binary {0, 1} (Bernoulli) or [0, 1] (Gaussian);
+        continuous (float) data pass as they are."""
+        if x.dtype != torch.uint8:
+            return x.float()
+        return binarize(x, generator) if self.hparams.likelihood == "bernoulli" else to_unit(x)
+
+    def to_image(self, x: Tensor) -> Tensor:
+        """Model space -> [0, 1] for image grids."""
+        return x.clamp(0, 1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(B, d) codes -> decoder output (B, *data_shape): logits (Bernoulli) or mean."""
+        return self.decoder(z)
+
+    def mean(self, out: Tensor) -> Tensor:
+        """Decoder output -> E[x|z] in data space."""
+        return torch.sigmoid(out) if self.hparams.likelihood == "bernoulli" else out
+
+    def log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
+        """log p(x|z) summed over pixels: (B,)."""
+        if self.hparams.likelihood == "bernoulli":
+            return bernoulli_log_likelihood(out, x)
+        return gaussian_log_likelihood(out, x, self.log_sigma)
+
+
+class UnitImageCodec:
+    """Data-space and code methods of the deterministic auto-encoders (AE, AAE): data in
+    [0, 1], ``encoder``: x -> (B, d) codes, ``decoder``: codes -> (B, *data_shape)."""
+
+    def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 batch -> [0, 1]; continuous (float) data pass as they are."""
+        return to_unit(x) if x.dtype == torch.uint8 else x.float()
+
+    def to_image(self, x: Tensor) -> Tensor:
+        return x.clamp(0, 1)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """(B, *data_shape) -> (B, d)."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(B, d) -> decoder output (B, *data_shape): logits (BCE) or the image (MSE)."""
+        return self.decoder(z)

@@ -1,0 +1,248 @@
+"""Flow matching (docs/models.md#flow-matching; Lipman et al. 2023) and rectified flow
+(Liu et al. 2023).
+
+Noise x_0 ~ N(0, I) at t = 0, data x_1 at t = 1; the conditional optimal-transport path
+
+    x_t = (1 - (1 - sigma_min) t) x_0 + t x_1,    u_t = x_1 - (1 - sigma_min) x_0
+
+(``path=rectified``: sigma_min = 0, the straight line of rectified flow). The net's
+velocity v(x_t, t) regresses u_t (``loss``: mean over pixels of |v - u|^2). Samples
+integrate dx/dt = v from t = 0 to 1 (Euler, Heun or adaptive dopri5). The exact
+log-likelihood integrates the instantaneous change of variables backwards,
+
+    log p_1(x) = log N(x(0); 0, I) - int_0^1 div v(x(t), t) dt,
+
+with the exact divergence for data of at most ``exact_divergence_max_dim`` dimensions and
+Hutchinson's estimator eps^T (dv/dx) eps (Rademacher eps, fixed along the path; unbiased)
+for images. Images are uniformly dequantised, x = 2 (k + u) / 256 - 1, and
+
+    {split}/bpd = (-log p(x) - D ln 2 + D ln 256) / (D ln 2)
+
+(D ln 2: the scaling from [0, 1] to [-1, 1]), the flows' bits/dim of the 8-bit data.
+The likelihood costs one ODE solve with a backward pass per function evaluation: it runs
+at test time on the first ``bpd_max_images`` test images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from genlab.checks import (
+    NetSpec,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OptimizerName,
+    PositiveFloat,
+    PositiveInt,
+    UnitInterval,
+    check_args,
+)
+from genlab.data.transforms import dequantize, eval_generator
+from genlab.errors import ConfigError
+from genlab.models.denoising import TIME_SCALE, IterativeSampler, frame_steps
+from genlab.models.gan import Betas, Decay
+from genlab.nn.ode import SOLVERS, Solver, odeint
+
+Path = Literal["ot", "rectified"]
+
+
+class FlowMatching(IterativeSampler):
+    """Velocity regression on conditional OT paths; ODE sampling and likelihoods."""
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        num_classes: int = 0,
+        net: NetSpec | None = None,
+        path: Path = "ot",
+        sigma_min: UnitInterval = 1e-4,
+        solver: Solver = "heun",
+        sample_steps: PositiveInt = 50,
+        likelihood_solver: Solver = "dopri5",
+        likelihood_steps: PositiveInt = 100,
+        ode_tolerance: PositiveFloat = 1e-5,
+        hutchinson_samples: PositiveInt = 1,
+        exact_divergence_max_dim: NonNegativeInt = 16,
+        bpd_max_images: NonNegativeInt = 1000,
+        conditional: bool = False,
+        label_dropout: UnitInterval = 0.1,
+        guidance: NonNegativeFloat = 0.0,
+        lr: PositiveFloat = 2e-4,
+        warmup_steps: NonNegativeInt = 500,
+        betas: Betas = (0.9, 0.999),
+        optimizer: OptimizerName = "Adam",
+        optimizer_kwargs: dict | None = None,
+        weight_decay: NonNegativeFloat = 0.0,
+        ema_decay: Decay = 0.999,
+        ema_start: NonNegativeInt = 0,
+    ) -> None:
+        check_args(type(self), locals(), "model")
+        super().__init__()
+        if sigma_min >= 1:
+            raise ConfigError(f"model.sigma_min={sigma_min} must be below 1")
+        self.save_hyperparameters(logger=False)
+        self.setup_denoiser(data_shape, num_classes, net, conditional)
+        self.sigma = 0.0 if path == "rectified" else float(sigma_min)
+
+    # ---- data space -------------------------------------------------------------------
+    def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 images -> dequantised [-1, 1]: 2 (k + u) / 256 - 1; float data as they are."""
+        return 2 * dequantize(x, generator) - 1 if x.dtype == torch.uint8 else x.float()
+
+    # ---- the probability path ---------------------------------------------------------
+    def path_point(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """x_t on the conditional path from noise x0 to data x1, t (B,) in [0, 1]."""
+        t = t.view(-1, *[1] * (x0.dim() - 1))
+        return (1 - (1 - self.sigma) * t) * x0 + t * x1
+
+    def target_velocity(self, x0: Tensor, x1: Tensor) -> Tensor:
+        """u_t = d x_t / dt = x1 - (1 - sigma_min) x0 (constant along the path)."""
+        return x1 - (1 - self.sigma) * x0
+
+    def velocity(self, x: Tensor, t: Tensor, y: Tensor | None = None, **kw) -> Tensor:
+        """v(x, t) for t (B,) or a scalar in [0, 1]."""
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        return self.predict(x, t * TIME_SCALE, y, **kw)
+
+    # ---- objectives -------------------------------------------------------------------
+    def _loss(self, x1: Tensor, y: Tensor | None, g: torch.Generator | None) -> Tensor:
+        x0 = torch.randn(x1.shape, generator=g, device=x1.device)
+        t = torch.rand(x1.shape[0], generator=g, device=x1.device)
+        v = self.velocity(self.path_point(x0, x1, t), t, y, guidance=0.0)
+        return F.mse_loss(v, self.target_velocity(x0, x1))
+
+    def train_terms(self, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
+        return {"loss": self._loss(x, y, None)}
+
+    def divergence(self, f, x: Tensor, t: Tensor, probe: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(v, div v) at x: exact (one backward pass per dimension) when probe is None,
+        else Hutchinson's probe^T (dv/dx) probe. Called with gradients enabled."""
+        x = x.detach().requires_grad_(True)
+        v = f(x, t)
+        if probe is not None:
+            (vjp,) = torch.autograd.grad((v * probe).sum(), x)
+            return v.detach(), (vjp * probe).flatten(1).sum(1)
+        flat = v.flatten(1)
+        div = torch.zeros(x.shape[0], device=x.device)
+        for d in range(flat.shape[1]):
+            (g,) = torch.autograd.grad(flat[:, d].sum(), x, retain_graph=d < flat.shape[1] - 1)
+            div = div + g.flatten(1)[:, d]
+        return v.detach(), div
+
+    def log_prob(
+        self,
+        x: Tensor,
+        y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        exact: bool | None = None,
+    ) -> Tensor:
+        """log p(x) in nats (B,) for x in model space, by the ODE backwards from t = 1 to
+        0 (``model.likelihood_solver``); ``exact`` divergence by default for data of at
+        most ``model.exact_divergence_max_dim`` dimensions, Hutchinson's otherwise."""
+        h = self.hparams
+        if exact is None:
+            exact = self.dim <= h.exact_divergence_max_dim
+        # Autograd inside a test / no-grad pass: inference tensors are cloned into
+        # normal ones first (they cannot be saved for backward).
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x.detach().clone()
+            y = None if y is None else y.clone()
+            probe = None
+            if not exact:  # Rademacher +-1, fixed along the path
+                probe = torch.randint(0, 2, x.shape, generator=generator, device=x.device)
+                probe = probe.to(x.dtype) * 2 - 1
+            field = lambda u, t: self.velocity(u, t, y)  # noqa: E731
+
+            def f(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+                return self.divergence(field, state[0], t, probe)
+
+            state = (x, torch.zeros(x.shape[0], device=x.device))
+            (z, delta), _ = odeint(
+                f,
+                state,
+                1.0,
+                0.0,
+                solver=h.likelihood_solver,
+                steps=h.likelihood_steps,
+                rtol=h.ode_tolerance,
+                atol=h.ode_tolerance,
+            )
+        prior = -0.5 * z.pow(2).flatten(1).sum(1) - 0.5 * self.dim * math.log(2 * math.pi)
+        return (prior + delta).detach()
+
+    def bits_per_dim(self, loglik: Tensor) -> Tensor:
+        """bpd of the 8-bit data from log p of its dequantised [-1, 1] version."""
+        d = self.dim
+        return (-loglik - d * math.log(2) + d * math.log(256)) / (d * math.log(2))
+
+    @torch.no_grad()
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """loss: the velocity regression with seeded noise and times."""
+        g = eval_generator(batch[0].device, batch_idx)
+        x1 = self.preprocess(batch[0], g)
+        y = batch[1] if self.hparams.conditional else None
+        return {"loss": self._loss(x1, y, g)}
+
+    def likelihood_metrics(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        """loglik (nats per example) and, for 8-bit images, bpd of this batch's share of
+        the first ``bpd_max_images`` images (empty past them); with
+        ``hutchinson_samples`` S >= 2 probes, also ``bpd_probe_std``: the standard
+        deviation of a one-probe estimate of an image's bpd (mean over images)."""
+        b = batch[0].shape[0]
+        take = min(b, self.hparams.bpd_max_images - batch_idx * b)
+        if take <= 0:
+            return {}
+        g = eval_generator(batch[0].device, batch_idx, seed=4321)
+        x = self.preprocess(batch[0][:take], g)
+        y = batch[1][:take] if self.hparams.conditional else None
+        s = (
+            1
+            if self.dim <= self.hparams.exact_divergence_max_dim
+            else self.hparams.hutchinson_samples
+        )
+        xs = x.repeat(s, *[1] * (x.dim() - 1))  # (S * take, ...): S probes per image
+        ll = self.log_prob(xs, None if y is None else y.repeat(s), g).view(s, take)
+        out = {"loglik": ll.mean(0)}
+        if batch[0].dtype == torch.uint8:
+            bpd = self.bits_per_dim(ll)
+            out["bpd"] = bpd.mean(0)
+            if s >= 2:
+                out["bpd_probe_std"] = bpd.std(0)
+        return out
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        values = self.likelihood_metrics(batch, batch_idx)
+        if values:  # weighted by the images they cover
+            n = next(iter(values.values())).shape[0]
+            means = {f"test/{k}": v.mean() for k, v in values.items()}
+            self.log_dict(means, batch_size=n, sync_dist=True)
+
+    # ---- sampling ---------------------------------------------------------------------
+    def _sample(self, z, labels, steps, generator, record, solver: Solver | None = None):
+        """Integrate dx/dt = v from noise (t = 0) to data (t = 1)."""
+        h = self.hparams
+        solver = solver or h.solver
+        if solver not in SOLVERS:
+            raise ValueError(f"solver={solver!r} is not one of {', '.join(SOLVERS)}")
+        steps = int(steps or h.sample_steps)
+        field = lambda t, x: self.velocity(x, t, labels)  # noqa: E731
+        if not record:
+            x, _ = odeint(
+                field, z, 0.0, 1.0, solver, steps, rtol=h.ode_tolerance, atol=h.ode_tolerance
+            )
+            return (x.clamp(-1, 1) if self.images else x), []
+        # A trajectory: fixed steps (an adaptive solve has no evenly spaced states).
+        fixed = solver if solver != "dopri5" else "heun"
+        marks, path, x = frame_steps(steps, record), [z], z
+        for k in range(steps):
+            x, _ = odeint(field, x, k / steps, (k + 1) / steps, fixed, 1)
+            if k in marks:
+                path.append(x)
+        return (x.clamp(-1, 1) if self.images else x), path

@@ -1,0 +1,162 @@
+"""Variational auto-encoder (Kingma & Welling 2014); docs/models.md#vae.
+
+All terms are sums over pixels / latent dims, averaged over the batch: nats per image.
+    recon = -log p(x|z),  z = mu + sigma * eps        (one sample)
+    kl    = KL(q(z|x) || N(0, I))                     (analytic)
+    elbo  = -(recon + kl)                             (a bound on log p(x) for any beta)
+    loss  = recon + beta * kl                         (the trained objective)
+At test time: test/nll_iwae = -log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2015).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from genlab.checks import (
+    NetSpec,
+    NonNegativeFloat,
+    OptimizerName,
+    PositiveFloat,
+    PositiveInt,
+    check_args,
+)
+from genlab.data.transforms import eval_generator
+from genlab.errors import require_images
+from genlab.metrics import (
+    LatentMoments,
+    active_units,
+    gaussian_kl,
+    importance_weighted_bound,
+    log_normal,
+    log_standard_normal,
+    sample_chunks,
+)
+from genlab.models.common import GenlabModule, PixelLikelihood, make_optimizer
+from genlab.nn import build_net
+
+
+class VAE(PixelLikelihood, GenlabModule):
+    """Gaussian-latent VAE with a Bernoulli (binarised data) or Gaussian ([0, 1] data) decoder."""
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        num_classes: int = 0,
+        latent_dim: PositiveInt = 16,
+        net: NetSpec | None = None,
+        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+        sigma: PositiveFloat = 1.0,
+        learn_sigma: bool = False,
+        beta: NonNegativeFloat = 1.0,
+        lr: PositiveFloat = 1e-3,
+        weight_decay: NonNegativeFloat = 0.0,
+        optimizer: OptimizerName = "Adam",
+        iwae_samples: PositiveInt = 1000,
+        iwae_batch_rows: PositiveInt | None = None,
+    ) -> None:
+        check_args(type(self), locals(), "model")
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.data_shape = tuple(data_shape)
+        if likelihood == "bernoulli":
+            require_images("model.likelihood=bernoulli", self.data_shape)
+        nets = build_net(net)
+        self.encoder = nets.encoder(self.data_shape, 2 * latent_dim)  # -> (mu, log_var)
+        self.decoder = nets.decoder(latent_dim, self.data_shape)  # -> logits or mean
+        self.init_likelihood(sigma, learn_sigma)
+        self.moments = LatentMoments(latent_dim)
+
+    # ---- the model, as named stages ---------------------------------------------------
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, *data_shape) -> mu, log_var: (B, d)."""
+        return self.encoder(x).chunk(2, dim=-1)
+
+    def reparameterize(self, mu: Tensor, log_var: Tensor, generator=None) -> Tensor:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + (0.5 * log_var).exp() * eps
+
+    def prior_mean(self, y: Tensor | None) -> Tensor | None:
+        """The prior's mean for labels y: None is N(0, I) (the CVAE learns one per class)."""
+        return None
+
+    def log_prior(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(z | y) summed over latent dims: (..., d) -> (...)."""
+        m = self.prior_mean(y)
+        return log_standard_normal(z if m is None else z - m)
+
+    def elbo(self, x: Tensor, generator=None, y: Tensor | None = None) -> dict[str, Tensor]:
+        """Per-example terms (B,) and the posterior parameters."""
+        mu, log_var = self.encode(x)
+        z = self.reparameterize(mu, log_var, generator)
+        recon = -self.log_likelihood(x, self.decode(z))
+        kl = gaussian_kl(mu, log_var, self.prior_mean(y))
+        return {"recon": recon, "kl": kl, "elbo": -(recon + kl), "mu": mu, "log_var": log_var}
+
+    @torch.no_grad()
+    def iwae_log_likelihood(
+        self, x: Tensor, k: int, generator=None, y: Tensor | None = None
+    ) -> Tensor:
+        """Importance-weighted bound log p(x) >= log mean_k p(x, z_k)/q(z_k|x): (B,)."""
+        mu, log_var = self.encode(x)
+        b = x.shape[0]
+        log_w = []
+        for c in sample_chunks(k, b, x.device, self.hparams.iwae_batch_rows):
+            eps = torch.randn((c, *mu.shape), generator=generator, device=mu.device)
+            z = mu + (0.5 * log_var).exp() * eps  # (c, B, d)
+            out = self.decode(z.flatten(0, 1))  # (c*B, *data_shape)
+            xs = x.unsqueeze(0).expand(c, *x.shape).flatten(0, 1)
+            log_px = self.log_likelihood(xs, out).view(c, b)
+            log_w.append(log_px + self.log_prior(z, y) - log_normal(z, mu, log_var))
+        return importance_weighted_bound(torch.cat(log_w))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws of E[x|z], z ~ N(0, I): (n, *data_shape) in [0, 1]."""
+        z = torch.randn(n, self.hparams.latent_dim, generator=generator, device=self.device)
+        return self.mean(self.decode(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x|z = mu(x)]: (B, *data_shape)."""
+        return self.mean(self.decode(self.encode(x)[0]))
+
+    # ---- Lightning --------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x_raw, y = batch[0], batch[1]
+        t = self.elbo(self.preprocess(x_raw), None, y)
+        loss = (t["recon"] + self.hparams.beta * t["kl"]).mean()
+        self.log_train({"loss": loss, **{k: t[k].mean() for k in ("recon", "kl", "elbo")}})
+        return loss
+
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """loss (= recon + beta kl), recon, kl, elbo; with ``full`` also nll_iwae, the
+        importance-weighted bound with ``iwae_samples`` samples. Nats per image."""
+        x_raw, y = batch[0], batch[1]
+        g = eval_generator(x_raw.device, batch_idx)
+        x = self.preprocess(x_raw, g)
+        t = self.elbo(x, g, y)
+        out = {k: t[k].mean() for k in ("recon", "kl", "elbo")}
+        out["loss"] = (t["recon"] + self.hparams.beta * t["kl"]).mean()
+        if full:
+            g = eval_generator(x.device, batch_idx, seed=4321)
+            out["nll_iwae"] = -self.iwae_log_likelihood(x, self.hparams.iwae_samples, g, y).mean()
+        return out
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        # Posterior means of the same (identically binarised) batch, for val/active_units.
+        x = self.preprocess(batch[0], eval_generator(batch[0].device, batch_idx))
+        self.moments.update(self.encode(x)[0])
+
+    def on_validation_epoch_end(self) -> None:
+        _, cov = self.moments.compute()
+        self.moments.reset()
+        self.log("val/active_units", active_units(cov).float(), sync_dist=False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        h = self.hparams
+        return make_optimizer(self.parameters(), h.optimizer, h.lr, h.weight_decay)

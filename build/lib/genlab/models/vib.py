@@ -1,0 +1,174 @@
+"""Deep variational information bottleneck (Alemi et al. 2017); docs/models.md#vib.
+
+A supervised classifier through a stochastic code: encoder x -> (mu, sigma) with
+sigma = softplus(s - 5) as in the paper, z = mu + sigma * eps, and a softmax (logistic
+regression) decoder z -> p(y|z). Per example, in nats, averaged over the batch:
+
+    ce   = -log p(y | z)                         (one z draw)
+    kl   = KL(q(z|x) || N(0, I))                 (analytic: the rate, >= I(Z; X))
+    izy  = H(Y) - ce                             (a lower bound on I(Z; Y))
+    loss = ce + beta * kl
+
+``error`` is the test error of one z draw; ``error_avg`` (test time) that of the softmax
+averaged over ``test_samples`` draws (12 in the paper). Evaluation uses an exponential
+moving average of the weights (``ema_decay``; the paper's Polyak averaging, 0.999).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from genlab.checks import (
+    NetSpec,
+    NonNegativeFloat,
+    OptimizerName,
+    PositiveFloat,
+    PositiveInt,
+    UnitInterval,
+    check_args,
+)
+from genlab.data.transforms import eval_generator, to_unit
+from genlab.errors import ConfigError
+from genlab.metrics import gaussian_kl
+from genlab.models.common import GenlabModule, adam_betas, make_optimizer
+from genlab.models.gan import Betas
+from genlab.nn import build_net
+
+
+class VIB(GenlabModule):
+    """Classifier with a Gaussian code penalised by beta * KL(q(z|x) || N(0, I))."""
+
+    uses_labels = True  # trained with the labels: probe tables mark it
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        num_classes: int = 0,
+        latent_dim: PositiveInt = 256,
+        net: NetSpec | None = None,
+        beta: NonNegativeFloat = 1e-3,
+        test_samples: PositiveInt = 12,
+        lr: PositiveFloat = 1e-4,
+        betas: Betas = (0.5, 0.999),
+        lr_decay: UnitInterval = 0.97,
+        decay_every: PositiveInt = 2,
+        ema_decay: UnitInterval = 0.999,
+        optimizer: OptimizerName = "Adam",
+        weight_decay: NonNegativeFloat = 0.0,
+    ) -> None:
+        check_args(type(self), locals(), "model")
+        if num_classes < 2:
+            raise ConfigError(
+                "model=vib is a classifier and needs labelled data (num_classes >= 2): "
+                "choose an image data set such as data=mnist"
+            )
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.data_shape = tuple(data_shape)
+        nets = build_net(net or {"arch": "genlab.nn.MLP", "hidden_sizes": [1024, 1024]})
+        self.net = nn.ModuleDict(
+            {
+                "encoder": nets.encoder(self.data_shape, 2 * latent_dim),  # -> (mu, s)
+                "decoder": nn.Linear(latent_dim, num_classes),  # logits of p(y|z)
+            }
+        )
+        # The averaged copy: never optimised, used by every evaluation (and saved).
+        self.ema = None
+        if ema_decay > 0:
+            self.ema = AveragedModel(
+                self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
+            )
+            self.ema.requires_grad_(False)
+        # H(Y) in nats: the training labels' entropy once fit starts (uniform until then).
+        self.register_buffer("label_entropy", torch.tensor(math.log(num_classes)))
+
+    # ---- the model --------------------------------------------------------------------
+    def eval_net(self) -> nn.ModuleDict:
+        """The weights evaluation uses: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 images -> [0, 1]; float data pass as they are."""
+        return to_unit(x) if x.dtype == torch.uint8 else x.float()
+
+    def posterior(self, x: Tensor, net: nn.ModuleDict | None = None) -> tuple[Tensor, Tensor]:
+        """mu, log_var of q(z|x): (B, d) each; sigma = softplus(s - 5) (the paper's bias)."""
+        mu, s = (net or self.net)["encoder"](x).chunk(2, dim=-1)
+        sigma = F.softplus(s - 5.0)
+        return mu, 2.0 * torch.log(sigma + 1e-12)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The code's mean mu(x): (B, d) (the evaluation weights)."""
+        return self.posterior(x, self.eval_net())[0]
+
+    def terms(
+        self, x: Tensor, y: Tensor, net: nn.ModuleDict, generator=None, samples: int = 1
+    ) -> dict[str, Tensor]:
+        """Per-example ce, kl (B,) and the predictive probabilities (B, K) averaged over
+        ``samples`` draws of z (ce is always that of the first draw)."""
+        mu, log_var = self.posterior(x, net)
+        eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device)
+        z = mu + (0.5 * log_var).exp() * eps  # (S, B, d)
+        logits = net["decoder"](z)  # (S, B, K)
+        ce = F.cross_entropy(logits[0], y, reduction="none")
+        return {
+            "ce": ce,
+            "kl": gaussian_kl(mu, log_var),
+            "logits": logits[0],
+            "probs": logits.softmax(-1).mean(0),
+        }
+
+    # ---- Lightning --------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        labels = getattr(dm, "splits", {}).get("train", (None, None))[1] if dm else None
+        if labels is not None:
+            p = torch.bincount(labels.long(), minlength=self.hparams.num_classes).double()
+            p = p / p.sum()
+            h = -(p[p > 0] * p[p > 0].log()).sum()
+            self.label_entropy.fill_(float(h))
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y = self.preprocess(batch[0]), batch[1]
+        t = self.terms(x, y, self.net)
+        ce, kl = t["ce"].mean(), t["kl"].mean()
+        loss = ce + self.hparams.beta * kl
+        error = (t["logits"].argmax(-1) != y).float().mean()
+        self.log_train({"loss": loss, "ce": ce, "kl": kl, "error": error})
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
+    @torch.no_grad()
+    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
+        """loss, ce, kl, izy (nats) and error (one z draw); with ``full`` also error_avg,
+        the error of the softmax averaged over ``test_samples`` draws."""
+        x, y = self.preprocess(batch[0]), batch[1]
+        g = eval_generator(x.device, batch_idx)
+        t = self.terms(x, y, self.eval_net(), g, self.hparams.test_samples if full else 1)
+        ce, kl = t["ce"].mean(), t["kl"].mean()
+        out = {
+            "loss": ce + self.hparams.beta * kl,
+            "ce": ce,
+            "kl": kl,
+            "izy": self.label_entropy - ce,
+            "error": (t["logits"].argmax(-1) != y).float().mean(),
+        }
+        if full:
+            out["error_avg"] = (t["probs"].argmax(-1) != y).float().mean()
+        return out
+
+    def configure_optimizers(self):
+        h = self.hparams
+        kw = adam_betas(h.optimizer, h.betas)
+        opt = make_optimizer(self.net.parameters(), h.optimizer, h.lr, h.weight_decay, **kw)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=h.decay_every, gamma=h.lr_decay)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

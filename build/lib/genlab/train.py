@@ -1,0 +1,288 @@
+"""train(cfg): check -> seed -> data -> model -> callbacks/loggers -> trainer -> fit -> test.
+
+Every ``hydra.utils.instantiate`` call of the project is in this file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from genlab._lightning import undo_nvml_cuda_check
+from genlab.callbacks import SampleScores
+from genlab.callbacks.training import LoggedMetricCheck
+from genlab.checkpoints import AtomicCheckpointIO, check_resume, resolve_resume
+from genlab.checks import (
+    RUNNER_KEYS,
+    check_accelerator,
+    check_config,
+    check_writable,
+    raw_value,
+)
+from genlab.compile import check_mode, compile_networks
+from genlab.distributed import JobDDPStrategy, write_job_config
+from genlab.errors import ConfigError, GenlabError, RunInterrupted
+from genlab.steps import use_inner_steps
+
+log = logging.getLogger(__name__)
+
+
+def _tidy_console() -> None:
+    """Send Lightning's messages through the root handlers only (Hydra's console + train.log)
+    instead of twice, and drop its advertising tips and a known deprecation warning."""
+    if logging.getLogger().hasHandlers():
+        lightning_logger = logging.getLogger("lightning")
+        for h in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(h)
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in rank_zero_logger.filters):
+        rank_zero_logger.addFilter(_NoTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Step metrics are logged every log_every_n_steps *global* steps (windows span epochs),
+    # so short epochs lose nothing; Lightning's warning about them does not apply.
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
+    """instantiate() with one clear error line instead of Hydra's wrapped traceback."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, GenlabError):
+            raise cause from None
+        detail = f"{type(cause).__name__}: {cause}" if cause else str(e).splitlines()[0]
+        raise ConfigError(f"cannot build {where}: {' '.join(detail.split())}") from None
+
+
+def family_config(model: DictConfig) -> DictConfig:
+    """The model node without the keys the runner reads (``monitor``, ``monitor_mode``):
+    what the family's constructor takes."""
+    if not any(k in model for k in RUNNER_KEYS):
+        return model
+    node = OmegaConf.create(OmegaConf.to_container(model, resolve=True))
+    for k in RUNNER_KEYS:
+        node.pop(k, None)
+    return node
+
+
+def build_model(node: DictConfig, data_shape: tuple[int, ...], num_classes: int) -> Any:
+    """The family a model config names, sized for the data (the one data-to-model link)."""
+    return build(
+        family_config(node),
+        "model",
+        data_shape=tuple(data_shape),
+        num_classes=num_classes,
+        _convert_="all",  # plain dicts/lists in hparams: checkpoints load without Hydra
+    )
+
+
+def check_selection(cfg: DictConfig, model: pl.LightningModule) -> None:
+    """A best-checkpoint metric from the sample scores needs them to run during
+    validation, for this model: one line now instead of an error after an epoch."""
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    monitor = node.get("monitor") if node else None
+    scores = ("val/fid", "val/kid", "val/cond_acc")
+    if monitor not in scores:
+        return
+    raw = str(raw_value(node, "monitor"))
+    key = "model.monitor" if "model.monitor" in raw else "callbacks.model_checkpoint.monitor"
+    fix = f"set {key}=val/loss, or {key}=null (best.ckpt: the last epoch)"
+    sample_scores = (cfg.get("callbacks") or {}).get("sample_scores")
+    if not sample_scores:
+        raise ConfigError(f"{key}={monitor} needs callbacks.sample_scores, which is off: {fix}")
+    if sample_scores.get("every_n_epochs", 5) == 0:
+        raise ConfigError(
+            f"{key}={monitor} needs scores during validation, but metrics.every_n_epochs=0 "
+            f"(only at test): set metrics.every_n_epochs=1, or {fix}"
+        )
+    if not SampleScores.applies(model):
+        shape = tuple(getattr(model, "data_shape", ()))
+        raise ConfigError(
+            f"{key}={monitor} needs image data and a model that samples (here: data of "
+            f"shape {shape}, {type(model).__name__}): {fix}"
+        )
+    if monitor == "val/cond_acc" and not hasattr(model, "sample_conditional"):
+        raise ConfigError(f"{key}=val/cond_acc needs a conditional model: {fix}")
+
+
+def preflight(cfg: DictConfig) -> None:
+    """What can be checked before anything is built: every typed setting
+    (``genlab.checks``), the folders the run writes, optional packages it needs."""
+    check_config(cfg)
+    check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
+    check_writable(cfg.paths.output_dir, "paths.output_dir")
+    if cfg.get("compile"):
+        check_mode(str(cfg.get("compile_mode", "default")))
+    inner = cfg.get("inner_steps", 1)
+    if inner is not None and (isinstance(inner, bool) or not isinstance(inner, int) or inner < 1):
+        raise ConfigError(f"inner_steps must be a positive integer, got {inner!r}")
+    scores = (cfg.get("callbacks") or {}).get("sample_scores")
+    if scores:
+        check_writable(scores.cache_dir, "metrics.cache_dir")
+        if scores.features == "inception" and importlib.util.find_spec("torch_fidelity") is None:
+            raise ConfigError(
+                "metrics.features=inception needs torch-fidelity and its Inception weights: "
+                "pip install torch-fidelity, or use metrics.features=genlab"
+            )
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit (and test) the configured model.
+
+    Returns the final metrics and the objects built (datamodule, model, trainer).
+    """
+    preflight(cfg)  # every typed setting, the folders, before anything is built
+    _tidy_console()
+    undo_nvml_cuda_check(str(cfg.trainer.get("strategy", "")))
+    if cfg.get("matmul_precision") and torch.cuda.is_available():
+        torch.set_float32_matmul_precision(cfg.matmul_precision)  # TF32 on GPUs
+    pl.seed_everything(cfg.seed, workers=True)
+    ckpt_path, previous = resolve_resume(cfg)
+    if previous is not None:  # continue in the earlier run's folder (checkpoints, logs, W&B id)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(previous)
+        log.info(f"Resuming {ckpt_path}; outputs continue in {previous}")
+    _set_sweep_group(cfg)
+
+    datamodule = build(cfg.data, "data")
+    model = build_model(cfg.model, datamodule.data_shape, datamodule.num_classes)
+    check_selection(cfg, model)
+    if cfg.get("compile"):
+        compile_networks(model, str(cfg.get("compile_mode", "default")))
+    t = cfg.trainer
+    inner = use_inner_steps(
+        model, datamodule, int(cfg.get("inner_steps") or 1), t.get("gradient_clip_val"),
+        t.get("gradient_clip_algorithm"), int(t.get("accumulate_grad_batches") or 1),
+    )  # fmt: skip
+    # This family, these shapes (one line otherwise); the step the logs continue from.
+    resume_step = check_resume(model, ckpt_path) if ckpt_path else None
+    callbacks = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c]
+    metric = cfg.get("optimized_metric")
+    if metric and str(metric).startswith("val/"):  # a sweep's objective: known after 1 check
+        callbacks.append(LoggedMetricCheck({"optimized_metric": metric}))
+    if cfg.trainer.get("enable_progress_bar") is False:  # honoured, not a Lightning error
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    loggers = [build(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c]
+    for lg in loggers:
+        if hasattr(lg, "resume_step"):
+            lg.resume_step = resume_step
+    plugins = [] if cfg.trainer.get("plugins") else [AtomicCheckpointIO()]
+    # cuDNN's autotuner picks the fastest convolution algorithms for the (fixed) batch
+    # shapes; null turns it on unless the run asks to be deterministic.
+    benchmark = cfg.trainer.get("benchmark")
+    if benchmark is None:
+        benchmark = not cfg.trainer.get("deterministic")
+
+    failed, trainer = True, None
+    try:
+        # With inner steps the model clips its own gradients (manual optimisation).
+        clip = {"gradient_clip_val": None, "gradient_clip_algorithm": None} if inner else {}
+        trainer = build(
+            cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+            plugins=plugins, benchmark=benchmark, **clip,
+        )  # fmt: skip
+        strategy = trainer.strategy
+        if isinstance(strategy, JobDDPStrategy) and "LOCAL_RANK" not in os.environ:
+            # The other ranks run exactly this job: resolved config, concrete checkpoint.
+            with open_dict(cfg):
+                cfg.ckpt_path, cfg.auto_resume = ckpt_path, False
+            strategy.use_job_config(write_job_config(cfg, cfg.paths.output_dir))
+        for lg in trainer.loggers:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = _scalars(trainer.callback_metrics)
+        if cfg.get("test"):
+            ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+            metrics.update(_scalars(trainer.callback_metrics))
+        failed = False
+    except SystemExit as e:  # Lightning's graceful stop on Ctrl-C (exit 1) or SIGTERM
+        if trainer is None or not trainer.interrupted:
+            raise
+        raise _interrupted(trainer, e) from None
+    finally:
+        for lg in loggers:
+            if hasattr(lg, "finish"):
+                lg.finish(failed)  # W&B: one run per trial of a sweep
+        if trainer is not None and isinstance(trainer.strategy, JobDDPStrategy):
+            trainer.strategy.finish(failed)  # the next trial starts a fresh process group
+    if trainer.is_global_zero:
+        log.info(summary(trainer, metrics))
+    return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def _interrupted(trainer: pl.Trainer, e: SystemExit) -> RunInterrupted:
+    sigterm = type(e).__name__ == "SIGTERMException"
+    ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+    where = f"last checkpoint: {ckpt}; resume with ckpt_path=last" if ckpt else "no checkpoint"
+    return RunInterrupted(
+        f"{'SIGTERM' if sigterm else 'Ctrl-C'} stopped the run at epoch {trainer.current_epoch}, "
+        f"step {trainer.global_step} ({where})",
+        exit_code=143 if sigterm else 130,
+    )
+
+
+def _set_sweep_group(cfg: DictConfig) -> None:
+    """Under ``-m`` every trial's W&B run gets the sweep's group name (Optuna's
+    study_name, else the sweep folder) unless ``logger.wandb.group`` is set."""
+    wandb = (cfg.get("logger") or {}).get("wandb")
+    if not wandb or wandb.get("group") or not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    study = OmegaConf.select(hc, "sweeper.study_name", default=None)
+    with open_dict(cfg):
+        wandb.group = str(study or Path(hc.sweep.dir).as_posix().replace("/", "-"))
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def summary(trainer: pl.Trainer, metrics: dict[str, float]) -> str:
+    """Where a run's outputs are, and its final numbers."""
+    root = Path(trainer.default_root_dir).resolve()
+    lines = [f"Outputs in {root}"]
+
+    def add(label: str, path: str | Path | None) -> None:
+        if path and Path(path).exists():
+            p = Path(path).resolve()
+            lines.append(f"  {label:<12} {p.relative_to(root) if p.is_relative_to(root) else p}")
+
+    add("config", root / ".hydra" / "config.yaml")
+    ckpt = trainer.checkpoint_callback
+    add("best ckpt", getattr(ckpt, "best_model_path", None))
+    add("last ckpt", getattr(ckpt, "last_model_path", None))
+    for lg in trainer.loggers:
+        if hasattr(lg, "log_dir") and lg.log_dir:
+            name = type(lg).__name__.replace("Logger", "").lower()
+            add(name, Path(lg.log_dir) / ("metrics.csv" if name == "csv" else ""))
+        if getattr(lg, "mode", None) == "offline":
+            lines.append(
+                f"  {'wandb':<12} offline; upload with: wandb sync {root}/wandb/offline-run-*"
+            )
+    add("images", root / "images")
+    shown = {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))}
+    if shown:
+        lines.append("  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
+    return "\n".join(lines)
