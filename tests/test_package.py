@@ -21,9 +21,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel of this checkout, installed (without its dependencies, which this env
     has) into a folder of its own; the editable checkout is not on its path."""
     root = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of the sources: setuptools' build/ folder stays out of the checkout.
+    src = root / "src-copy"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(REPO / "src", src / "src", ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(REPO)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(src)],
         check=True,
         capture_output=True,
     )
