@@ -33,7 +33,24 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("data", DATASETS)
+# The data sets genlab ships (image_folder and celeba read files: tests/test_image_data.py).
+BUILT_IN = [d for d in DATASETS if d not in ("image_folder", "celeba")]
+
+
+def test_every_model_builds_for_unlabelled_images_or_says_it_needs_labels(make_cfg) -> None:
+    """An image folder without labels (num_classes 0): every family builds except those
+    that need labels, which say so in one line."""
+    needs_labels = {"cvae": "needs labelled data", "vib": "needs labelled data"}
+    for model in MODELS:
+        cfg = make_cfg(f"model={model}", "data=image_folder", "data.path=.", "data.size=32")
+        if model in needs_labels:
+            with pytest.raises(ConfigError, match=needs_labels[model]):
+                build_model(cfg.model, (3, 32, 32), 0)
+        else:
+            assert build_model(cfg.model, (3, 32, 32), 0).data_shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("data", BUILT_IN)
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_and_data_instantiates(make_cfg, model: str, data: str) -> None:
     cfg = make_cfg(f"model={model}", f"data={data}")
@@ -132,7 +149,7 @@ def test_help_lists_groups_and_options() -> None:
         "experiment: " + ", ".join(EXPERIMENTS),
     ):
         assert line in out, line
-    assert "data: cifar10, digits, fashion_mnist, mnist, toy2d" in out
+    assert "data: celeba, cifar10, digits, fashion_mnist, image_folder, mnist, toy2d" in out
 
 
 def test_hyperparameter_names_mean_one_thing() -> None:

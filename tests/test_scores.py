@@ -128,10 +128,10 @@ def test_under_ddp_only_rank_zero_may_train_the_feature_net(tmp_path, monkeypatc
     events: list[str] = []
     real = features.get_feature_net
 
-    def spy(dm, cache_dir, epochs=5, device=None):
+    def spy(dm, cache_dir, epochs=5, device=None, kind="classifier"):
         events.append(f"get:{'cached' if (Path(cache_dir) / 'digits.pt').exists() else 'new'}")
         assert device == torch.device("cpu")  # the module's device, not "cuda" (GPU 0)
-        return real(dm, cache_dir, 1, device=device)
+        return real(dm, cache_dir, 1, device=device, kind=kind)
 
     def barrier(name=None):
         events.append("barrier")

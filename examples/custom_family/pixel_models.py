@@ -31,7 +31,9 @@ class PixelBernoulli(GenlabModule):
         """-log p(x) in nats per image, (B,), of a dynamically binarised uint8 batch."""
         target = torch.bernoulli(x.float() / 255, generator=generator)
         logits = self.logits.expand_as(target)
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
+        return (
+            F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
+        )
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss = self.nll(batch[0]).mean()

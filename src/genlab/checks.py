@@ -531,7 +531,7 @@ TOP_LEVEL: dict[str, Any] = {
     "matmul_precision": Literal["highest", "high", "medium"] | None,
 }
 METRICS: dict[str, Any] = {
-    "features": Literal["genlab", "inception"],
+    "features": Literal["auto", "classifier", "autoencoder", "inception", "genlab"],
     "cache_dir": str,
     "every_n_epochs": NonNegativeInt,
     "n_val": PositiveInt | None,

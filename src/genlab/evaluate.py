@@ -106,7 +106,7 @@ def scores_callback(cfg: DictConfig) -> SampleScores:
     cache = m.get("cache_dir") or os.environ.get("GENLAB_CACHE")
     return SampleScores(
         cache_dir=cache or str(Path(cfg.paths.data_dir) / "feature_nets"),
-        features=m.get("features", "genlab"),
+        features=m.get("features", "auto"),
         n_test=m.get("n_test", 10000),
         probes=m.get("probes", True),
     )

@@ -100,8 +100,8 @@ def check_selection(cfg: DictConfig, model: pl.LightningModule) -> None:
     validation, for this model: one line now instead of an error after an epoch."""
     node = (cfg.get("callbacks") or {}).get("model_checkpoint")
     monitor = node.get("monitor") if node else None
-    scores = ("val/fid", "val/kid", "val/cond_acc")
-    if monitor not in scores:
+    name = str(monitor).split("/")[-1]
+    if not str(monitor).startswith("val/") or name.split("_")[0] not in ("fid", "kid", "cond"):
         return
     raw = str(raw_value(node, "monitor"))
     key = "model.monitor" if "model.monitor" in raw else "callbacks.model_checkpoint.monitor"
@@ -124,6 +124,40 @@ def check_selection(cfg: DictConfig, model: pl.LightningModule) -> None:
         raise ConfigError(f"{key}=val/cond_acc needs a conditional model: {fix}")
 
 
+def score_space(cfg: DictConfig, num_classes: int) -> None:
+    """Resolve ``metrics.features=auto`` for this data (the logged config says which
+    feature space the scores are in) and follow the checkpoint monitor to the score's
+    name in that space (``val/fid`` -> ``val/fid_ae`` for data without labels)."""
+    from genlab.metrics.features import SUFFIX
+
+    scores = (cfg.get("callbacks") or {}).get("sample_scores")
+    if not scores:
+        return
+    space = SampleScores.space(str(scores.features), num_classes)
+    if space == "classifier" and num_classes < 2:
+        raise ConfigError(
+            f"metrics.features={scores.features} needs class labels, and this data has none: "
+            "use metrics.features=auto (an auto-encoder's features) or inception"
+        )
+    with open_dict(cfg):
+        if "metrics" in cfg and cfg.metrics.get("features") == "auto":
+            cfg.metrics.features = space
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    monitor = str(node.get("monitor")) if node and node.get("monitor") else ""
+    labelled = num_classes >= 2
+    if not labelled and monitor in ("val/cond_acc", "val/recon_acc"):
+        raise ConfigError(
+            f"model.monitor={monitor} needs class labels, and this data has none: "
+            "set model.monitor=val/loss"
+        )
+    name, sfx = monitor.split("/")[-1], SUFFIX[space]
+    score = monitor.startswith("val/") and name.split("_")[0] in ("fid", "kid")
+    if sfx and score and not name.endswith(sfx):
+        with open_dict(cfg):
+            node.monitor = f"{monitor}{sfx}"
+        log.info(f"Scores are in {space} features: best.ckpt follows {node.monitor}")
+
+
 def preflight(cfg: DictConfig) -> None:
     """What can be checked before anything is built: every typed setting
     (``genlab.checks``), the folders the run writes, optional packages it needs."""
@@ -141,7 +175,7 @@ def preflight(cfg: DictConfig) -> None:
         if scores.features == "inception" and importlib.util.find_spec("torch_fidelity") is None:
             raise ConfigError(
                 "metrics.features=inception needs torch-fidelity and its Inception weights: "
-                "pip install torch-fidelity, or use metrics.features=genlab"
+                "pip install torch-fidelity, or use metrics.features=auto"
             )
 
 
@@ -165,6 +199,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     datamodule = build(cfg.data, "data")
     model = build_model(cfg.model, datamodule.data_shape, datamodule.num_classes)
+    score_space(cfg, datamodule.num_classes)
     check_selection(cfg, model)
     if cfg.get("compile"):
         compile_networks(model, str(cfg.get("compile_mode", "default")))

@@ -41,17 +41,24 @@ class SampleScores(pl.Callback):
     FID / KID and cond_acc apply to models of images that can ``sample``, recon_acc to
     those that ``reconstruct``, the probes to models of images that ``encode``; anything
     else is skipped silently.
-    Features come from genlab's per-data-set network (trained and cached on first use) or,
-    with ``features="inception"``, torchmetrics' Inception. The network lives here, frozen:
-    never in the optimiser or the model's checkpoint. Real features are cached per data
-    set, split, size and feature network. Under DDP the ranks share the FID / KID work
-    (features gathered across ranks); cond_acc, recon_acc and the probes run on rank 0.
+    Feature spaces (``features``, ``metrics.features``; the space is in the score's name, so
+    numbers from different spaces can't be mixed up in a table): ``classifier`` (genlab's
+    per-data-set CNN classifier, trained and cached on first use): ``fid``, ``kid``;
+    ``autoencoder`` (the same CNN trained as an auto-encoder, for data without labels):
+    ``fid_ae``, ``kid_ae``; ``inception`` (torchmetrics' Inception, needs its weights):
+    ``fid_inception``, ``kid_inception``; ``auto`` (default): the classifier when the data
+    has labels, else the auto-encoder (``genlab``: the classifier, as older configs say).
+    cond_acc, recon_acc and the probes need labels (and use the classifier). The networks
+    live here, frozen: never in the optimiser or the model's checkpoint. Real features are
+    cached per data set, split, size and feature network. Under DDP the ranks share the
+    FID / KID work (features gathered across ranks); cond_acc, recon_acc and the probes
+    run on rank 0.
     """
 
     def __init__(
         self,
         cache_dir: str = "data/feature_nets",
-        features: Literal["genlab", "inception"] = "genlab",
+        features: Literal["auto", "classifier", "autoencoder", "inception", "genlab"] = "auto",
         every_n_epochs: NonNegativeInt = 5,
         n_val: PositiveInt | None = None,
         n_test: PositiveInt = 10000,
@@ -75,6 +82,7 @@ class SampleScores(pl.Callback):
         self.metrics = None  # (FID, KID)
         self.tag = ""
         self.key = ""
+        self.num_classes: int | None = None  # the data's, known at setup (None: labelled)
 
     @staticmethod
     def applies(pl_module: nn.Module) -> bool:
@@ -86,25 +94,47 @@ class SampleScores(pl.Callback):
         """Images (C, H, W) and ``reconstruct``: recon_acc."""
         return len(getattr(pl_module, "data_shape", ())) == 3 and hasattr(pl_module, "reconstruct")
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the data has class labels (two classes at least)."""
+        return self.num_classes is None or self.num_classes >= 2
+
+    @staticmethod
+    def space(features: str, num_classes: int | None) -> str:
+        """The feature space that ``features`` means for data with ``num_classes`` classes
+        (None: labelled): ``classifier``, ``autoencoder`` or ``inception``."""
+        if features == "auto":
+            return "classifier" if num_classes is None or num_classes >= 2 else "autoencoder"
+        return "classifier" if features == "genlab" else features
+
+    @property
+    def suffix(self) -> str:
+        """What score names carry after ``fid`` / ``kid``: the feature space."""
+        from genlab.metrics.features import SUFFIX
+
+        return SUFFIX[self.space(self.features, self.num_classes)]
+
     def uses_features(self, pl_module: nn.Module) -> bool:
-        """Whether any score of this model needs the feature network."""
+        """Whether any score of this model needs a feature network."""
         return self.applies(pl_module) or self.recon_applies(pl_module)
 
     def probes_apply(self, pl_module: nn.Module) -> bool:
-        """Images (C, H, W) and an encoder, with ``probes`` on."""
+        """Images (C, H, W) with labels and an encoder, with ``probes`` on."""
         images = len(getattr(pl_module, "data_shape", ())) == 3
-        return self.probes and images and hasattr(pl_module, "encode")
+        return self.probes and images and self.labelled and hasattr(pl_module, "encode")
 
     def metric_names(self, pl_module: nn.Module, split: str) -> set[str]:
         """What this callback logs for ``pl_module`` on ``split``."""
         names = set()
+        sfx = self.suffix
         if self.applies(pl_module) and (split == "test" or self.every_n_epochs > 0):
-            names = {f"{split}/fid", f"{split}/kid"}
+            names = {f"{split}/fid{sfx}", f"{split}/kid{sfx}"}
             for v in self.variants(pl_module, split):
-                names |= {f"{split}/fid_{v}", f"{split}/kid_{v}"}
-            if hasattr(pl_module, "sample_conditional"):
+                names |= {f"{split}/fid_{v}{sfx}", f"{split}/kid_{v}{sfx}"}
+            if hasattr(pl_module, "sample_conditional") and self.labelled:
                 names.add(f"{split}/cond_acc")
-        if self.recon_applies(pl_module) and (split == "test" or self.every_n_epochs > 0):
+        labelled = self.labelled and (split == "test" or self.every_n_epochs > 0)
+        if self.recon_applies(pl_module) and labelled:
             names.add(f"{split}/recon_acc")
         if split == "test" and self.probes_apply(pl_module):
             names |= {f"test/{k}" for k in PROBES}
@@ -118,34 +148,49 @@ class SampleScores(pl.Callback):
         return fn(split) if fn is not None else {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.datamodule is not None:
+            self.num_classes = int(getattr(trainer.datamodule, "num_classes", 0) or 0)
         if trainer.datamodule is not None and self.uses_features(pl_module):
             self._setup(trainer, pl_module)  # the feature net is ready before any loop runs
 
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.metrics is not None:
             self.metrics = [m.to(pl_module.device) for m in self.metrics]
-            self.net.to(pl_module.device)
+            if self.net is not None:
+                self.net.to(pl_module.device)
             return
         from genlab.metrics.features import data_key, get_feature_net
         from genlab.metrics.scores import inception_extractor, make_fid_kid
 
         dm, device = trainer.datamodule, pl_module.device
-        if trainer.world_size > 1:
-            # Rank 0 trains and caches a missing net on its own device while the others
-            # wait; then every rank reads the cache and moves the net to its own device.
-            if trainer.global_rank == 0:
-                get_feature_net(dm, self.cache_dir, self.feature_epochs, device=device)
-            trainer.strategy.barrier("genlab-feature-net")
-        self.net, record = get_feature_net(dm, self.cache_dir, self.feature_epochs, device=device)
-        if self.features == "inception":
+        space = self.space(self.features, self.num_classes)
+        if space == "classifier" and not self.labelled:
+            raise ConfigError(
+                f"metrics.features={self.features} needs class labels, and this data has "
+                "none: use metrics.features=auto (an auto-encoder's features) or inception"
+            )
+        # The classifier serves cond_acc / recon_acc whenever there are labels; the
+        # auto-encoder only the scores of unlabelled data.
+        kinds = (["classifier"] if self.labelled else []) + (
+            ["autoencoder"] if space == "autoencoder" else []
+        )
+        nets = {}
+        for kind in kinds:
+            if trainer.world_size > 1:
+                # Rank 0 trains and caches a missing net on its own device while the others
+                # wait; then every rank reads the cache and moves the net to its own device.
+                if trainer.global_rank == 0:
+                    get_feature_net(dm, self.cache_dir, self.feature_epochs, device, kind)
+                trainer.strategy.barrier("genlab-feature-net")
+            nets[kind] = get_feature_net(dm, self.cache_dir, self.feature_epochs, device, kind)
+        self.net = nets["classifier"][0].to(device) if "classifier" in nets else None
+        if space == "inception":
             extractor, self.tag = inception_extractor(), "inception"
         else:
-            extractor, self.tag = self.net, f"genlab-{record['digest']}"
+            extractor, record = nets[space]
+            self.tag = f"genlab-{record['digest']}"
         self.key = data_key(trainer.datamodule)
-        self.metrics = [
-            m.to(pl_module.device) for m in make_fid_kid(extractor, self.kid_subset_size)
-        ]
-        self.net.to(pl_module.device)
+        self.metrics = [m.to(device) for m in make_fid_kid(extractor, self.kid_subset_size)]
 
     def _real(self, trainer: pl.Trainer, split: str, n: int) -> Tensor:
         from genlab.metrics.scores import real_features
@@ -164,7 +209,7 @@ class SampleScores(pl.Callback):
         out: dict[str, float] = {}
         if self.applies(pl_module):
             out.update(self.sample_scores(trainer, pl_module, split))
-        if self.recon_applies(pl_module) and trainer.is_global_zero:
+        if self.recon_applies(pl_module) and self.labelled and trainer.is_global_zero:
             out[f"{split}/recon_acc"] = self.recon_acc(trainer, pl_module, split)
         if split == "test" and self.probes_apply(pl_module) and trainer.is_global_zero:
             from genlab.metrics.scores import probe_scores
@@ -191,13 +236,13 @@ class SampleScores(pl.Callback):
         rank, world = trainer.global_rank, trainer.world_size
         set_real(*self.metrics, real[rank::world])
         fake = generate(pl_module, len(range(rank, n, world)), seed=self.seed + 7919 * rank)
-        s = fid_kid_of(*self.metrics, fake, n_total=n)
-        out[f"{split}/fid"], out[f"{split}/kid"] = s["fid"], s["kid"]
+        s, sfx = fid_kid_of(*self.metrics, fake, n_total=n), self.suffix
+        out[f"{split}/fid{sfx}"], out[f"{split}/kid{sfx}"] = s["fid"], s["kid"]
         for name, kwargs in self.variants(pl_module, split).items():
             fake = generate(pl_module, len(fake), seed=self.seed + 7919 * rank, **kwargs)
             s = fid_kid_of(*self.metrics, fake, n_total=n)
-            out[f"{split}/fid_{name}"], out[f"{split}/kid_{name}"] = s["fid"], s["kid"]
-        if trainer.is_global_zero and hasattr(pl_module, "sample_conditional"):
+            out[f"{split}/fid_{name}{sfx}"], out[f"{split}/kid_{name}{sfx}"] = s["fid"], s["kid"]
+        if trainer.is_global_zero and self.labelled and hasattr(pl_module, "sample_conditional"):
             labels = torch.arange(n, device=pl_module.device) % dm.num_classes
             g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
             imgs = pl_module.sample_conditional(labels, generator=g)
