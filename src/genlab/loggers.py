@@ -73,13 +73,20 @@ class WandbLogger(_LightningWandbLogger):
     pass, so the trials of a sweep get one run each). The run id is kept in
     ``<save_dir>/wandb/run_id``: a run resumed in the same folder (``ckpt_path=last`` /
     ``auto_resume=true`` continue in the earlier run's folder) continues the same W&B
-    run (``resume="allow"``) instead of starting a new one.
+    run (``resume="allow"``) instead of starting a new one. Under ``wandb agent`` (a W&B
+    sweep) the agent's run id, project and entity are used.
+
+    ``log_model``: ``true`` logs ``best.ckpt`` and ``last.ckpt`` as versions of the model
+    artifact ``model-<run id>`` when training ends (aliases ``best``; ``last`` and
+    ``latest``), ``"all"`` after every checkpoint save; the metadata name the monitored
+    metric and its best score. ``run.use_artifact("model-<id>:best")`` fetches it.
     """
 
     def __init__(
         self,
         mode: Literal["online", "offline", "disabled", "dryrun", "run"] | None = None,
         save_dir: str = ".",
+        log_model: bool | Literal["all"] = False,
         **kwargs: Any,
     ) -> None:
         mode = (
@@ -89,19 +96,28 @@ class WandbLogger(_LightningWandbLogger):
         )
         mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
         Path(save_dir).mkdir(parents=True, exist_ok=True)
-        if kwargs.get("id") is None and kwargs.get("version") is None:
+        if os.environ.get("WANDB_SWEEP_ID"):
+            # wandb agent: the agent chose the run (WANDB_RUN_ID), project and entity.
+            for key in ("id", "version", "project", "entity", "resume"):
+                kwargs.pop(key, None)
+        elif kwargs.get("id") is None and kwargs.get("version") is None:
             kwargs["id"] = run_id(Path(save_dir) / "wandb" / "run_id")
             kwargs.setdefault("resume", "allow")
+        self.log_checkpoints_when = log_model  # genlab logs them (see log_checkpoints)
+        self._checkpoint_callbacks_seen: dict[int, Any] = {}
+        self._logged_files: dict[str, int] = {}  # path -> mtime (ns) when logged
         self.mode = mode
         self._sync_glob = Path(save_dir).resolve() / "wandb" / "offline-run-*"
         run = None
         if rank_zero_only.rank == 0 and kwargs.get("experiment") is None:
             init = {k: v for k, v in kwargs.items() if k not in _LIGHTNING_ONLY}
-            init["id"] = init.pop("version", None) or init.get("id")
+            given = init.pop("version", None) or init.pop("id", None)
+            if given:  # none under wandb agent: W&B takes WANDB_RUN_ID
+                init["id"] = given
             init.pop("anonymous", None)  # deprecated in wandb; warns when passed
             run = self._start(dict(init, dir=save_dir))
         kwargs.setdefault("experiment", run)
-        super().__init__(save_dir=save_dir, offline=False, **kwargs)
+        super().__init__(save_dir=save_dir, offline=False, log_model=False, **kwargs)
         if self.mode == "offline":
             self._say_offline("not logged in (wandb login / WANDB_API_KEY)")
 
@@ -129,6 +145,53 @@ class WandbLogger(_LightningWandbLogger):
     @rank_zero_only
     def _say_offline(self, why: str) -> None:
         log.info("W&B: %s, logging offline; upload later with: wandb sync %s", why, self._sync_glob)
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:  # noqa: D102
+        if not self.log_checkpoints_when:
+            return
+        self._checkpoint_callbacks_seen[id(checkpoint_callback)] = checkpoint_callback
+        if self.log_checkpoints_when == "all":
+            self.log_checkpoints(checkpoint_callback)
+
+    def finalize(self, status: str) -> None:  # noqa: D102
+        super().finalize(status)
+        if status == "success" and self.log_checkpoints_when:
+            for callback in self._checkpoint_callbacks_seen.values():
+                self.log_checkpoints(callback)
+
+    @rank_zero_only
+    def log_checkpoints(self, checkpoint_callback: Any) -> None:
+        """Log the callback's best and last checkpoints as versions of the artifact
+        ``model-<run id>`` (aliases ``best``; ``last`` and ``latest``), each file again
+        only when it changed since it was last logged."""
+        import wandb
+
+        run = self.experiment
+        if not hasattr(run, "log_artifact"):
+            return  # W&B disabled
+        files: dict[str, list[str]] = {}
+        for path, aliases in (
+            (checkpoint_callback.best_model_path, ["best"]),
+            (checkpoint_callback.last_model_path, ["last", "latest"]),
+        ):
+            if path and Path(path).is_file():
+                files.setdefault(str(path), []).extend(aliases)
+        score = checkpoint_callback.best_model_score
+        for path, aliases in files.items():
+            mtime = Path(path).stat().st_mtime_ns
+            if self._logged_files.get(path) == mtime:
+                continue
+            metadata = {
+                "file": Path(path).name,
+                "monitor": checkpoint_callback.monitor,
+                "mode": getattr(checkpoint_callback, "mode", None),
+                "best_score": float(score) if score is not None else None,
+            }
+            artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=metadata)
+            artifact.add_file(path, name="model.ckpt", policy="mutable")  # copied now
+            run.log_artifact(artifact, aliases=aliases)
+            self._logged_files[path] = mtime
+            log.info("W&B: logged %s as artifact model-%s (%s)", path, run.id, ", ".join(aliases))
 
     @rank_zero_only
     def finish(self, failed: bool = False) -> None:
