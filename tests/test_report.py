@@ -1,0 +1,94 @@
+"""genlab-report: one table and figures across runs, recomputed here from the runs' files;
+experiments/README.md's overview is the generator's output."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO, csv_rows
+
+from genlab.report import BEGIN, END, find_runs, report, write_block
+from genlab.train import train
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A multirun-like folder with two tiny VAE runs on digits (latent 16 and 4)."""
+    from conftest import compose_cfg
+
+    root = tmp_path_factory.mktemp("multirun")
+    for job, latent in enumerate([16, 4]):
+        out = root / str(job)
+        cfg = compose_cfg(
+            ["trainer=cpu", "logger=csv", "model=vae", f"model.latent_dim={latent}",
+             "trainer.max_epochs=2", "model.iwae_samples=8", "metrics.n_test=100",
+             "callbacks.image_grids.every_n_epochs=1"],
+            out,
+        )  # fmt: skip
+        (out / ".hydra").mkdir(parents=True)
+        from omegaconf import OmegaConf
+
+        OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # what Hydra writes in a run
+        train(cfg)
+    return root
+
+
+def test_report_of_two_runs(two_runs: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Mine\n\nintro\n\n{BEGIN}\nold table\n{END}\n\nafter\n")
+    records = report([two_runs], tmp_path / "rep", readme=readme)
+    assert [r["run"] for r in records] == ["0", "1"]
+    with open(tmp_path / "rep" / "report.csv") as f:
+        table = list(csv.DictReader(f))
+    for job, row in zip(("0", "1"), table, strict=True):
+        rows = csv_rows(two_runs / job)
+        nll = [float(r["test/nll_iwae"]) for r in rows if r.get("test/nll_iwae")]
+        fid = [float(r["test/fid"]) for r in rows if r.get("test/fid")]
+        assert float(row["test/nll_iwae"]) == pytest.approx(nll[-1])
+        assert float(row["fid"]) == pytest.approx(fid[-1])
+        assert row["family"] == "VAE" and row["data"] == "Digits" and row["split"] == "test"
+        assert int(row["epochs"]) == 2 and float(row["seconds"]) > 0
+    assert table[0]["settings"] == "iwae_samples=8" and "latent_dim=4" in table[1]["settings"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| NLL (IWAE) (nats) |" in md and "FID (classifier features)" in md
+    for name in ("samples.png", "fid.png", "curves_val_elbo.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 1000, name
+        assert f"({name})" in md
+    text = readme.read_text()
+    assert text.startswith("# Mine\n\nintro\n\n") and text.endswith(f"{END}\n\nafter\n")
+    assert "old table" not in text and "| [0](" in text
+
+
+def test_report_bad_inputs(tmp_path: Path, capsys) -> None:
+    from genlab.report import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "nowhere")])
+    assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert "no runs under" in capsys.readouterr().err
+
+
+def test_experiments_readme_is_the_generators_output(tmp_path: Path) -> None:
+    """The overview table in experiments/README.md is what genlab-report writes from the
+    committed experiment folders (regenerate: genlab-report experiments --no-plots
+    --out <tmp> --readme experiments/README.md)."""
+    committed = REPO / "experiments" / "README.md"
+    copy = tmp_path / "experiments"
+    shutil.copytree(REPO / "experiments", copy, ignore=shutil.ignore_patterns("*.png"))
+    report([copy], readme=copy / "README.md")
+    assert (copy / "README.md").read_text() == committed.read_text()
+    assert len(find_runs([REPO / "experiments"])) >= 20
+
+
+def test_write_block_appends_markers_when_missing(tmp_path: Path) -> None:
+    path = tmp_path / "R.md"
+    path.write_text("hello\n")
+    write_block(path, "T\n")
+    write_block(path, "U\n")
+    assert path.read_text() == f"hello\n\n{BEGIN}\nU\n{END}\n"
