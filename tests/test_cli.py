@@ -36,6 +36,12 @@ def test_readme_run_command(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
     out = p.stdout + p.stderr
     assert f"Outputs in {run_dir}" in out and "test/nll_iwae=" in out
+    # one device line; the end says the headline numbers and how to go on
+    assert "Device: CPU" in out and "GPU available:" not in out
+    assert "headline     test/nll_iwae=" in out
+    assert f"evaluate:    genlab-eval ckpt_path={run_dir}" in out
+    assert f"resume:      genlab-train ckpt_path={run_dir}/checkpoints/last.ckpt" in out
+    assert f"compare:     genlab-report {run_dir} " in out
     for f in (
         ".hydra/config.yaml",
         "checkpoints/best.ckpt",

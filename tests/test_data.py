@@ -117,15 +117,22 @@ def test_missing_files_one_clear_error(tmp_path) -> None:
     assert "data.download=false" in msg and "GENLAB_DATA" in msg
 
 
-def test_failed_download_one_clear_error(tmp_path, monkeypatch) -> None:
+def test_failed_download_one_clear_error(tmp_path, monkeypatch, caplog) -> None:
+    import logging
+
     import torchvision
 
     def offline(self, *a, **k):
         raise URLError("no network")
 
     monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", offline)
-    with pytest.raises(DataNotFoundError) as e:
+    with caplog.at_level(logging.INFO), pytest.raises(DataNotFoundError) as e:
         FashionMNIST(data_dir=str(tmp_path), download=True).prepare_data()
+    # before downloading: how big, where to
+    said = (
+        f"Downloading FashionMNIST (30.9 MB, 4 gzip files) into {tmp_path / 'FashionMNIST' / 'raw'}"
+    )
+    assert said in caplog.text
     msg = str(e.value)
     assert "\n" not in msg and "download failed" in msg and "no network" in msg
     assert str(tmp_path / "FashionMNIST" / "raw") in msg

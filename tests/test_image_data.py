@@ -191,3 +191,23 @@ def test_scores_without_labels_are_named_by_their_feature_space(make_cfg, tmp_pa
     cfg.metrics.features = "classifier"
     with pytest.raises(ConfigError, match="needs class labels"):
         train(cfg)
+
+
+def test_device_line_names_the_gpu_or_why_not(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from genlab.train import device_line
+
+    def fake(device: str, n: int = 1):
+        strategy = SimpleNamespace(root_device=torch.device(device))
+        return SimpleNamespace(strategy=strategy, num_devices=n, num_nodes=1, precision="32-true")
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H100")
+    assert device_line(fake("cuda:0"), "auto") == (
+        "Device: GPU NVIDIA H100 (cuda:0), precision 32-true"
+    )
+    assert "2 GPUs" in device_line(fake("cuda:0", 2), "auto")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert "(no GPU found)" in device_line(fake("cpu"), "auto")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert "(trainer.accelerator=cpu; 2 GPU(s) unused)" in device_line(fake("cpu"), "cpu")

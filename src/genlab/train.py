@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,27 @@ def _tidy_console() -> None:
 
 
 class _NoTips(logging.Filter):
+    # Lightning's accelerator lines: genlab says which device in one line (device_line).
+    DROP = ("💡 Tip", "GPU available:", "TPU available:", "HPU available:", "IPU available:")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(self.DROP)
+
+
+def device_line(trainer: pl.Trainer, accelerator: str) -> str:
+    """Where the run trains, in one line (the GPU that accelerator=auto picked, or why
+    not)."""
+    dev = trainer.strategy.root_device
+    n = trainer.num_devices * trainer.num_nodes
+    precision = f"precision {trainer.precision}"
+    if dev.type == "cuda":
+        more = f", {n} GPUs ({type(trainer.strategy).__name__})" if n > 1 else ""
+        return f"Device: GPU {torch.cuda.get_device_name(dev)} ({dev}){more}, {precision}"
+    if dev.type == "mps":
+        return f"Device: Apple GPU (mps), {precision}"
+    gpus = torch.cuda.device_count()
+    why = f"trainer.accelerator={accelerator}; {gpus} GPU(s) unused" if gpus else "no GPU found"
+    return f"Device: CPU, {torch.get_num_threads()} threads ({why}), {precision}"
 
 
 def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
@@ -235,6 +255,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
             plugins=plugins, benchmark=benchmark, **clip,
         )  # fmt: skip
+        if trainer.is_global_zero:
+            log.info(device_line(trainer, str(cfg.trainer.get("accelerator", "auto"))))
         strategy = trainer.strategy
         if isinstance(strategy, JobDDPStrategy) and "LOCAL_RANK" not in os.environ:
             # The other ranks run exactly this job: resolved config, concrete checkpoint.
@@ -261,7 +283,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if trainer is not None and isinstance(trainer.strategy, JobDDPStrategy):
             trainer.strategy.finish(failed)  # the next trial starts a fresh process group
     if trainer.is_global_zero:
-        log.info(summary(trainer, metrics))
+        log.info(summary(trainer, metrics, _overrides()))
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
 
 
@@ -294,8 +316,32 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def summary(trainer: pl.Trainer, metrics: dict[str, float]) -> str:
-    """Where a run's outputs are, and its final numbers."""
+def _overrides() -> list[str]:
+    """The command line's overrides (Hydra's task overrides), without ckpt_path."""
+    if not HydraConfig.initialized():
+        return []
+    task = list(HydraConfig.get().overrides.task)
+    return [o for o in task if not o.startswith(("ckpt_path=", "auto_resume="))]
+
+
+def headline(metrics: dict[str, float]) -> str:
+    """The run's headline numbers (genlab.report's choice: likelihoods, bits/dim, errors,
+    FID / KID with their feature space), test values where the run was tested."""
+    from genlab.report import HEADLINES, SPACES
+
+    split = "test" if any(k.startswith("test/") for k in metrics) else "val"
+    names = [h[0] for h in HEADLINES] + [f"{m}{s}" for s in SPACES for m in ("fid", "kid")]
+    shown = [
+        f"{split}/{n}={metrics[f'{split}/{n}']:.4g}" for n in names if f"{split}/{n}" in metrics
+    ]
+    return "  ".join(shown)
+
+
+def summary(
+    trainer: pl.Trainer, metrics: dict[str, float], overrides: list[str] | None = None
+) -> str:
+    """Where a run's outputs are, its headline numbers and all final ones, and the
+    commands to evaluate, resume and compare it."""
     root = Path(trainer.default_root_dir).resolve()
     lines = [f"Outputs in {root}"]
 
@@ -306,8 +352,12 @@ def summary(trainer: pl.Trainer, metrics: dict[str, float]) -> str:
 
     add("config", root / ".hydra" / "config.yaml")
     ckpt = trainer.checkpoint_callback
+    # The test pass restores the callback's state as of best.ckpt: look for last.ckpt too.
+    last = getattr(ckpt, "last_model_path", "") or ""
+    if not last and getattr(ckpt, "dirpath", None) and (Path(ckpt.dirpath) / "last.ckpt").is_file():
+        last = str(Path(ckpt.dirpath) / "last.ckpt")
     add("best ckpt", getattr(ckpt, "best_model_path", None))
-    add("last ckpt", getattr(ckpt, "last_model_path", None))
+    add("last ckpt", last)
     for lg in trainer.loggers:
         if hasattr(lg, "log_dir") and lg.log_dir:
             name = type(lg).__name__.replace("Logger", "").lower()
@@ -317,7 +367,15 @@ def summary(trainer: pl.Trainer, metrics: dict[str, float]) -> str:
                 f"  {'wandb':<12} offline; upload with: wandb sync {root}/wandb/offline-run-*"
             )
     add("images", root / "images")
+    top = headline(metrics)
+    if top:
+        lines.append(f"  headline     {top}")
     shown = {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))}
     if shown:
         lines.append("  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
+    if last and Path(last).exists():
+        again = "".join(f"{shlex.quote(o)} " for o in overrides or [])
+        lines.append(f"  evaluate:    genlab-eval ckpt_path={shlex.quote(str(root))}")
+        lines.append(f"  resume:      genlab-train {again}ckpt_path={shlex.quote(last)}")
+    lines.append(f"  compare:     genlab-report {shlex.quote(str(root))} <other runs> --out report")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ the official test set is the test split.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from genlab.checks import PositiveInt, Seed, check_args
 from genlab.data.base import Binarize, InMemoryDataModule, split_off
 from genlab.errors import ConfigError, DataNotFoundError
 
+log = logging.getLogger(__name__)
+
 
 class TorchvisionData(InMemoryDataModule):
     """Base for torchvision image data sets; subclasses set ``dataset`` and ``folder``."""
@@ -26,6 +29,7 @@ class TorchvisionData(InMemoryDataModule):
     dataset: type[torchvision.datasets.VisionDataset]
     folder: str  # where torchvision keeps the files, relative to data_dir
     train_size: int  # size of the official training set, before the validation split
+    download_size: str  # said before the first download
 
     def __init__(
         self,
@@ -81,6 +85,7 @@ class TorchvisionData(InMemoryDataModule):
                 f"set data.download=true to fetch it, or point GENLAB_DATA (paths.data_dir) "
                 f"at a folder with {self.folder}"
             )
+        log.info(f"Downloading {self.name} ({self.download_size}) into {self.files}")
         try:
             self._open(train=True, download=True)
             self._open(train=False, download=True)
@@ -115,6 +120,7 @@ class MNIST(TorchvisionData):
     dataset = torchvision.datasets.MNIST
     folder = "MNIST/raw"
     train_size = 60000
+    download_size = "11.6 MB, 4 gzip files"
     data_shape = (1, 28, 28)
     num_classes = 10
 
@@ -125,6 +131,7 @@ class FashionMNIST(TorchvisionData):
     dataset = torchvision.datasets.FashionMNIST
     folder = "FashionMNIST/raw"
     train_size = 60000
+    download_size = "30.9 MB, 4 gzip files"
     data_shape = (1, 28, 28)
     num_classes = 10
 
@@ -135,6 +142,7 @@ class CIFAR10(TorchvisionData):
     dataset = torchvision.datasets.CIFAR10
     folder = "cifar-10-batches-py"
     train_size = 50000
+    download_size = "170 MB, one tar.gz archive"
     data_shape = (3, 32, 32)
     num_classes = 10
 
