@@ -81,7 +81,10 @@ BAD = [
     (["trainer.precision=17"], "trainer.precision must be one of"),
     (["trainer.accelerator=cpux"], "trainer.accelerator='cpux' is not one of auto"),
     (["trainer.devices=abc"], "trainer.devices='abc' is not a device count"),
-    (["metrics.features=incept"], "metrics.features='incept' is not one of genlab|inception"),
+    (
+        ["metrics.features=incept"],
+        "metrics.features='incept' is not one of auto|classifier|autoencoder|inception|genlab",
+    ),
     (["model.monitor_mode=low"], "model.monitor_mode='low' is not one of min|max"),
     (["matmul_precision=low"], "matmul_precision='low' is not one of"),
     # wrong types

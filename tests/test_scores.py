@@ -158,7 +158,9 @@ def test_cond_acc_and_fid_of_an_oracle_on_digits(tmp_path, caplog) -> None:
     trainer = SimpleNamespace(datamodule=dm, is_global_zero=True, global_rank=0, world_size=1)
     with caplog.at_level(logging.INFO, logger="genlab.metrics.features"):
         scores = cb.scores(trainer, oracle, "val")
-    trained = [r.getMessage() for r in caplog.records if "No feature network" in r.getMessage()]
+    trained = [
+        r.getMessage() for r in caplog.records if "No classifier feature network" in r.getMessage()
+    ]
     assert len(trained) == 1 and "training one" in trained[0]  # said once, in one line
     _, record = get_feature_net(dm, tmp_path)
     # The oracle's samples are the validation images themselves: FID ~ 0 (KID's unbiased
