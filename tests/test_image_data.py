@@ -41,6 +41,8 @@ def test_class_folders_give_labels_and_decode_once(tmp_path, monkeypatch) -> Non
     y = torch.cat([v[1] for v in dm.splits.values()])
     assert x.dtype == torch.uint8 and x.shape[1:] == (1, 16, 16)
     assert sorted(y.tolist()) == sorted([0] * 10 + [1] * 10 + [2] * 10)
+    # files are listed class by class; a split's first images are a random sample
+    assert len(set(dm.splits["train"][1][:8].tolist())) == 3
     # the top rows hold the written value (grey of a uniform RGB value is the value)
     assert set(x[:, 0, :4].flatten().tolist()) <= {40 * c + i for c in range(3) for i in range(10)}
     caches = list((tmp_path / "pics" / ".genlab-cache").glob("*.pt"))

@@ -159,8 +159,15 @@ class ImageFolder(InMemoryDataModule):
             t = cached_tensors(cache_locations(self.root, name), self._decode)
         else:
             t = self._decode()
+        # Files are listed class by class; every split is put in a seeded random order so
+        # that its first n images (the scores' real images, the probes' training codes)
+        # are a random sample, not the first classes.
+        g = torch.Generator().manual_seed(self.split_seed)
         if "all_x" not in t:
-            splits = {k: (t[f"{k}_x"], t[f"{k}_y"]) for k in self.layout}
+            splits = {}
+            for k in self.layout:
+                order = torch.randperm(t[f"{k}_x"].shape[0], generator=g)
+                splits[k] = (t[f"{k}_x"][order], t[f"{k}_y"][order])
             if "val" not in splits:  # train/ and test/ only: a seeded val split of train
                 x, y = splits["train"]
                 n_val = max(1, math.floor(self.val_fraction * x.shape[0]))
@@ -170,10 +177,10 @@ class ImageFolder(InMemoryDataModule):
         n = x.shape[0]
         n_val = max(1, math.floor(self.val_fraction * n))
         n_test = max(1, math.floor(self.test_fraction * n))
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        perm = torch.randperm(n, generator=g)
         parts = {
             "val": perm[:n_val],
             "test": perm[n_val : n_val + n_test],
             "train": perm[n_val + n_test :],
         }
-        return {k: (x[i.sort().values], y[i.sort().values]) for k, i in parts.items()}
+        return {k: (x[i], y[i]) for k, i in parts.items()}
