@@ -303,8 +303,15 @@ def settings(run: Run, defaults: Defaults, limit: int = 8) -> str:
     changed = []
     for group in ("model", "data"):
         mine = _flat(run.config.get(group) or {})
+        # Another network class (model/net=conv): name it, not each of its settings.
+        arch = mine.get("net.arch")
+        other_net = group == "model" and arch is not None and base[group].get("net.arch") != arch
+        if other_net:
+            changed.append(f"net={str(arch).rsplit('.', 1)[-1]}")
         for k, v in mine.items():
             if k.split(".")[0] in _NOT_SETTINGS or base[group].get(k, object()) == v:
+                continue
+            if other_net and k.startswith("net."):
                 continue
             name = k if group == "model" else f"data.{k}"
             changed.append(f"{name}={_short(v)}")
