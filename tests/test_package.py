@@ -64,6 +64,7 @@ def test_wheel_runs_from_another_folder(installed: Path, tmp_path: Path) -> None
     job = _run(installed, [str(site / "bin" / "genlab-train"), "--cfg", "job"], tmp_path)
     assert "_target_: genlab.data.Digits" in job and "_target_: genlab.models.VAE" in job
     assert "Usage" in _run(installed, [sys.executable, "-m", "genlab", "--help"], tmp_path)
+    assert "genlab-report" in _run(installed, [str(site / "bin" / "genlab-report"), "-h"], tmp_path)
 
 
 def test_user_family_from_own_config_folder(installed: Path, tmp_path: Path) -> None:
