@@ -16,7 +16,10 @@ step then a generator step with the EMA update (GANs). Variants: `compiled` comp
 family's networks on both sides (`compile=true`), `bf16` runs under bf16 autocast
 (`trainer.precision=bf16-mixed`), `inner4` gives the runner 4 optimizer steps per
 Lightning step (`inner_steps=4`). Peak memory: max allocated on a GPU, peak RSS on the
-CPU (reset per measurement on Linux).
+CPU (reset per measurement on Linux). The hand loop's optimizer is torch's default
+implementation (`--hand-optimizer torch`, what `torch.optim.Adam(params)` gives a plain
+loop) or genlab's fused one (`--hand-optimizer genlab`: the same updates as the runner,
+so the ratio is the runner's per-step overhead alone).
 """
 
 from __future__ import annotations
@@ -224,6 +227,11 @@ def _hand_step(model, opts, x: torch.Tensor, i: int) -> None:
     opt.step()
 
 
+# The hand loop's optimizer implementation: "torch" (torch.optim's default, what a plain
+# loop gets) or "genlab" (the same fused kernels as the runner: overhead only).
+HAND_OPTIMIZER = {"implementation": "torch"}
+
+
 def hand_loop(overrides: list[str], steps: int, warmup: int, variant: Variant = Variant()) -> dict:
     """The same model trained by a plain PyTorch loop on the same in-memory tensors
     (compiled networks and autocast as the variant says)."""
@@ -239,6 +247,13 @@ def hand_loop(overrides: list[str], steps: int, warmup: int, variant: Variant = 
     opts = model.configure_optimizers()
     opts = opts if isinstance(opts, list) else [opts]
     opts = [o["optimizer"] if isinstance(o, dict) else o for o in opts]
+    if HAND_OPTIMIZER["implementation"] == "torch":
+        # What a hand-written loop gets from torch.optim.Adam(params, lr=...): torch's
+        # default implementation, not the fused kernel genlab's optimizers use.
+        for opt in opts:
+            for group in opt.param_groups:
+                if "fused" in group:
+                    group["fused"] = None
     bs, n = cfg.data.batch_size, x_all.shape[0]
     perm = torch.randperm(n, device=device)
     bf16 = variant.precision.startswith("bf16")
@@ -458,9 +473,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data-dir", default=os.environ.get("GENLAB_DATA", "data"))
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument(
+        "--hand-optimizer", choices=["torch", "genlab"], default="torch",
+        help="the hand loop's optimizer: torch's default implementation (a plain loop), or "
+        "genlab's fused one (the runner's: compares per-step overhead only)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    HAND_OPTIMIZER["implementation"] = args.hand_optimizer
 
     def case(name: str) -> list[str]:
         overrides = [*CASES[name], f"paths.data_dir={args.data_dir}"]
@@ -475,7 +496,7 @@ def main(argv: list[str] | None = None) -> dict:
         steps = max(8, args.steps // STEP_SCALE.get(name, 1))
         return min(steps, 80) if "digits" in name else steps  # one digits epoch
 
-    results: dict = {"cases": {}}
+    results: dict = {"hand_optimizer": args.hand_optimizer, "cases": {}}
     for name in args.cases:
         results["cases"][name] = {
             v: measure(
