@@ -213,3 +213,21 @@ def test_device_line_names_the_gpu_or_why_not(monkeypatch) -> None:
     assert "(no GPU found)" in device_line(fake("cpu"), "auto")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert "(trainer.accelerator=cpu; 2 GPU(s) unused)" in device_line(fake("cpu"), "cpu")
+
+
+def test_16_bit_and_rotated_images_decode_as_meant(tmp_path) -> None:
+    from genlab.data.images import decode_one
+
+    grey16 = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 256).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "deep.png")  # a 16-bit PNG
+    x = decode_one(tmp_path / "deep.png", 16, 1)
+    assert x.max() >= 250 and abs(float(np.median(x)) - 128) < 4  # scaled, not clipped at 255
+    # a photo stored sideways with an EXIF orientation tag: decoded upright
+    pixels = np.zeros((20, 10, 3), dtype=np.uint8)
+    pixels[:, :5] = 255  # left half white as stored
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "photo.jpg", exif=exif)
+    upright = decode_one(tmp_path / "photo.jpg", 10, 1)
+    assert upright[:3].mean() > 200 and upright[-3:].mean() < 50  # white on top once rotated

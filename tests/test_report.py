@@ -92,3 +92,20 @@ def test_write_block_appends_markers_when_missing(tmp_path: Path) -> None:
     write_block(path, "T\n")
     write_block(path, "U\n")
     assert path.read_text() == f"hello\n\n{BEGIN}\nU\n{END}\n"
+
+
+def test_unreadable_runs_are_skipped_and_named(two_runs: Path, tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(two_runs / "0", runs / "good")
+    bad = runs / "bad"
+    (bad / ".hydra").mkdir(parents=True)
+    (bad / ".hydra" / "config.yaml").write_text("model: [unclosed\n")
+    (bad / "csv").mkdir()
+    (bad / "csv" / "metrics.csv").write_text("epoch,step\n0,1\n")
+    records = report([runs], tmp_path / "rep", plots=False)
+    assert [r["run"] for r in records] == ["good"]
+    assert "skipped" in capsys.readouterr().err
+    assert (
+        "Not in the table (no config, or unreadable): ../runs/bad."
+        in (tmp_path / "rep" / "report.md").read_text()
+    )

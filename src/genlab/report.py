@@ -177,7 +177,14 @@ def find_runs(paths: Iterable[str | Path], skipped: list[Path] | None = None) ->
                 part.startswith(".") or part == "wandb" for part in folder.relative_to(top).parts
             ):
                 continue
-            runs += _runs_in(folder, top, skipped)
+            try:
+                runs += _runs_in(folder, top, skipped)
+            except Exception as e:  # noqa: BLE001 - an unreadable config or CSV: say, go on
+                first = str(e).splitlines()[0] if str(e) else ""
+                print(
+                    f"genlab-report: skipped {folder}: {type(e).__name__}: {first}", file=sys.stderr
+                )
+                skipped.append(folder)
     return runs
 
 
@@ -389,7 +396,7 @@ def markdown(header: list[str], cells: list[list[str]], skipped: Sequence[Path],
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
     if skipped:
         names = [os.path.relpath(p, base) for p in skipped]
-        lines += ["", f"Not in the table (metrics without a config): {', '.join(names)}."]
+        lines += ["", f"Not in the table (no config, or unreadable): {', '.join(names)}."]
     return "\n".join(lines) + "\n"
 
 

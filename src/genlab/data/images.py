@@ -34,12 +34,13 @@ def is_image(path: Path) -> bool:
 
 def decode_one(path: Path, size: int, channels: int, crop: int | None = None) -> np.ndarray:
     """(size, size, channels) uint8 pixels of one image file."""
-    from PIL import Image
+    from PIL import Image, ImageOps
     from torchvision.transforms import functional as TF
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+            img = ImageOps.exif_transpose(img)  # photos: the orientation the camera meant
+            img = _to_8bit(img).convert("L" if channels == 1 else "RGB")
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
         raise DataNotFoundError(
             f"cannot read the image {path} ({type(e).__name__}: {e}): remove or replace it"
@@ -49,6 +50,19 @@ def decode_one(path: Path, size: int, channels: int, crop: int | None = None) ->
     img = TF.resize(img, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
     img = TF.center_crop(img, [size, size])
     return np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
+
+
+def _to_8bit(img):
+    """16-bit and float grey images scaled to 8 bits (PIL's convert would clip them)."""
+    from PIL import Image
+
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return img
+    a = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+    if img.mode == "F" and a.max() <= 1.0:
+        top = 1.0
+    return Image.fromarray(np.clip(a / top * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
 
 
 def decode_all(files: Sequence[Path], size: int, channels: int, crop: int | None = None) -> Tensor:
