@@ -1,6 +1,6 @@
 """Sampling cost and quality of an iterative sampler (DDPM, flow matching) per sampler and
-step count: seconds per 1,000 images, net evaluations, and FID / KID in genlab's feature
-space against the test split.
+step count: seconds per 1,000 images, net evaluations, and FID / KID / precision / recall in
+genlab's feature space against the test split.
 
     python scripts/sampling_cost.py <run>/checkpoints/last.ckpt ddim:10 ddim:50 ancestral:1000
     python scripts/sampling_cost.py <ckpt> euler:10 heun:25 dopri5 --fid-n 1000 --out cost.json
@@ -25,8 +25,9 @@ import torch
 from omegaconf import OmegaConf
 
 from genlab.checks import import_target
-from genlab.metrics.features import get_feature_net
-from genlab.metrics.scores import fid_kid_of, generate, make_fid_kid, real_features, set_real
+from genlab.metrics.sample_quality import sample_scores
+from genlab.metrics.scores import generate
+from genlab.metrics.spaces import genlab_space, load_real, real_cache_path, real_key, save_real
 from genlab.train import build
 
 
@@ -61,16 +62,19 @@ def main() -> None:
     cls = import_target(cfg.model._target_)
     model = cls.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
     rows = []
-    fid = kid = None
+    real = space = None
     if args.fid_n:
         dm = build(cfg.data, "data")
         dm.setup("test")
         cache = os.environ.get("GENLAB_CACHE") or str(Path(cfg.paths.data_dir) / "feature_nets")
-        net, record = get_feature_net(dm, cache)
-        fid, kid = make_fid_kid(net, 1000)
+        space = genlab_space("classifier", dm, cache, 5)
         x = dm.splits["test"][0][: args.fid_n]
-        name = f"{dm.__class__.__name__.lower()}_genlab-{record['digest']}_test_n{len(x)}.pt"
-        set_real(fid, kid, real_features(fid.inception, x, Path(cache) / "stats" / name))
+        key = real_key(space, x)
+        path = real_cache_path(cache, type(dm).__name__.lower(), "test", key)
+        real = load_real(path, key)
+        if real is None:
+            real = space.features(x)
+            save_real(path, key, real)
     counter = _Counter()
     nets = [model.denoiser] + ([model.ema["denoiser"]] if getattr(model, "use_ema", False) else [])
     for net in nets:  # net evaluations (a batched call counts once)
@@ -87,10 +91,10 @@ def main() -> None:
             "net_evals": counter.n,
             "s_per_1000": seconds * 1000 / args.time_n,
         }
-        if fid is not None:
+        if real is not None:
             fake = generate(model, args.fid_n, seed=0, batch_size=args.batch_size, **kw)
-            s = fid_kid_of(fid, kid, fake)
-            row.update(fid=s["fid"], kid=s["kid"])
+            s = sample_scores(real, space.features(fake))
+            row.update(fid=s["fid"], kid=s["kid"], precision=s["precision"], recall=s["recall"])
         rows.append(row)
         print(json.dumps(row), flush=True)
     info = {"ckpt": str(args.ckpt), "threads": torch.get_num_threads(), "time_n": args.time_n,

@@ -3,8 +3,9 @@
     python scripts/train_feature_net.py data=mnist          # trains once, then reports the cache
     python scripts/train_feature_net.py data=fashion_mnist force=true
 
-Shares train.py's data configs; the network goes to metrics.cache_dir/<data>.pt
-(default ${paths.data_dir}/feature_nets, env GENLAB_CACHE) with its test accuracy.
+Shares train.py's data configs; the network goes to metrics.cache_dir/<data>-<key>.pt
+(default ${paths.data_dir}/feature_nets, env GENLAB_CACHE) with its test accuracy and the
+key of the images it was trained on.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="feature_net")
 def main(cfg: DictConfig) -> None:
     from genlab.errors import GenlabError
-    from genlab.metrics.features import cache_path, data_key, get_feature_net
+    from genlab.metrics.features import cache_path, get_feature_net, net_key
     from genlab.train import build
 
     try:
         dm = build(cfg.data, "data")
         dm.prepare_data()
-        path = cache_path(cfg.metrics.cache_dir, data_key(dm))
+        path = cache_path(cfg.metrics.cache_dir, net_key(dm, "classifier", cfg.epochs))
         if cfg.force and path.exists():
             path.unlink()
         _, record = get_feature_net(dm, cfg.metrics.cache_dir, epochs=cfg.epochs)

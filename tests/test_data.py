@@ -71,11 +71,28 @@ def test_batches_cover_each_example_once_per_epoch() -> None:
     xs, ys, idx = zip(*TensorBatches(x, y, batch_size=50), strict=True)
     assert torch.equal(torch.cat(ys), y) and torch.equal(torch.cat(xs).long(), y)
     assert torch.equal(torch.cat(idx), y)  # the rows of the split, for per-example codes
-    # Two ranks: equal lengths, together they cover everything.
+    # Two ranks, shuffled (training): equal lengths, together they cover everything.
     r0, r1 = (
-        torch.cat([b[1] for b in TensorBatches(x, y, 10, rank=r, world_size=2)]) for r in (0, 1)
+        torch.cat([b[1] for b in TensorBatches(x, y, 10, True, rank=r, world_size=2)])
+        for r in (0, 1)
     )
     assert len(r0) == len(r1) == 52 and set(r0.tolist()) | set(r1.tolist()) == set(range(103))
+    # Evaluation (unshuffled): the one-process batches dealt out whole (0, 2, ... to rank
+    # 0), every rank as many steps; the rank short of a batch repeats its last one marked
+    # idx = -1 (weighed 0), so each example counts exactly once.
+    ranks = [list(TensorBatches(x, y, 10, rank=r, world_size=2)) for r in (0, 1)]
+    assert [len(b) for b in ranks] == [6, 6]
+    one = list(TensorBatches(x, y, 10))
+    for k, batch in enumerate(one):
+        shard = ranks[k % 2][k // 2]
+        assert torch.equal(shard[1], batch[1]) and torch.equal(shard[2], batch[2])
+    pad = ranks[1][-1]
+    assert (pad[2] == -1).all() and len(pad[1]) == 10
+    counted = torch.cat([b[2] for r in ranks for b in r])
+    assert sorted(counted[counted >= 0].tolist()) == list(range(103))
+    # More ranks than batches: the idle rank runs one padding step.
+    idle = list(TensorBatches(x[:5], y[:5], 10, rank=1, world_size=2))
+    assert len(idle) == 1 and (idle[0][2] == -1).all()
 
 
 def test_transforms() -> None:

@@ -114,20 +114,24 @@ def test_eval_takes_a_run_folder_even_with_old_setting_names(run_dir, tmp_path, 
 
 def test_corrupt_caches_are_rebuilt(tmp_path: Path, caplog) -> None:
     from genlab.data import Digits
-    from genlab.metrics.features import get_feature_net
-    from genlab.metrics.scores import real_features
+    from genlab.metrics.features import cache_path, get_feature_net, net_key
+    from genlab.metrics.spaces import genlab_space, load_real, real_key, save_real
 
     dm = Digits()
     dm.setup()
-    (tmp_path / "digits.pt").write_bytes(b"not a torch file")
+    cache_path(tmp_path, net_key(dm, "classifier", 1)).write_bytes(b"not a torch file")
     net, record = get_feature_net(dm, tmp_path, epochs=1)
-    assert record["val_acc"] > 0.5 and "unusable" in caplog.text
+    assert record["val_acc"] > 0.5 and "unreadable" in caplog.text
     stats = tmp_path / "stats.pt"
     stats.write_bytes(b"\x00" * 10)
+    space = genlab_space("classifier", dm, tmp_path, 1)
     x = dm.splits["val"][0][:50]
-    feats = real_features(net, x, stats)
+    key = real_key(space, x)
+    assert load_real(stats, key) is None
+    feats = space.features(x)
+    save_real(stats, key, feats)
     assert feats.shape == (50, net.num_features)
-    assert torch.equal(torch.load(stats, weights_only=True), feats)  # rewritten
+    assert torch.equal(load_real(stats, key), feats)  # rewritten
 
 
 def test_unwritable_folders_stop_before_training(make_cfg, tmp_path: Path) -> None:

@@ -537,6 +537,8 @@ METRICS: dict[str, Any] = {
     "n_val": PositiveInt | None,
     "n_test": PositiveInt,
     "probes": bool,
+    "hsic": bool,
+    "inception_weights": str | None,
 }
 SELECTION: dict[str, Any] = {"monitor": str | None, "monitor_mode": Literal["min", "max"]}
 

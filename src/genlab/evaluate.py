@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torchvision.utils import save_image
 
-from genlab.callbacks import ImageGrids, LatentTools, SampleScores
+from genlab.callbacks import ImageGrids, LatentTools, SampleScores, TestProgress
 from genlab.checkpoints import migrate_hparams, read_checkpoint
 from genlab.checks import check_accelerator, check_config, check_writable, import_target
 from genlab.errors import CheckpointError, ConfigError, GenlabError
@@ -100,15 +100,21 @@ def scores_callback(cfg: DictConfig) -> SampleScores:
     from genlab.train import build
 
     node = (cfg.get("callbacks") or {}).get("sample_scores")
-    if node:
-        return build(node, "callbacks.sample_scores")
     m = cfg.get("metrics") or {}
+    if node:
+        callback = build(node, "callbacks.sample_scores")
+        for key in ("inception_weights", "hsic"):  # runs made before these settings
+            if key not in node and key in m:
+                setattr(callback, key, m[key])
+        return callback
     cache = m.get("cache_dir") or os.environ.get("GENLAB_CACHE")
     return SampleScores(
         cache_dir=cache or str(Path(cfg.paths.data_dir) / "feature_nets"),
         features=m.get("features", "auto"),
         n_test=m.get("n_test", 10000),
         probes=m.get("probes", True),
+        hsic=m.get("hsic", True),
+        inception_weights=m.get("inception_weights"),
     )
 
 
@@ -159,13 +165,16 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None) -> dict[
 
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     check_accelerator(accelerator)
+    devices, strategy, nodes = processes(cfg, overrides)
     try:
         trainer = pl.Trainer(
             accelerator=accelerator,
-            devices=1,
+            devices=devices,
+            strategy=strategy,
+            num_nodes=nodes,
             precision=cfg.trainer.get("precision", 32),
             logger=False,
-            callbacks=[scores_callback(cfg)],
+            callbacks=[scores_callback(cfg), TestProgress()],
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -174,6 +183,8 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None) -> dict[
         raise ConfigError(f"cannot build the trainer: {' '.join(str(e).split())}") from None
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if not trainer.is_global_zero:  # under DDP rank 0 writes and prints
+        return {"metrics": metrics}
 
     images = []
     grids, views = image_callbacks(cfg)
@@ -187,6 +198,7 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None) -> dict[
         "model": cfg.model._target_,
         "data": cfg.data._target_,
         "overrides": overrides,
+        "processes": trainer.world_size,
         "hparams": {k: model.hparams[k] for k in hparams},
         "metrics": dict(sorted(metrics.items())),
         "images": sorted(images),
@@ -194,6 +206,24 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None) -> dict[
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     print(table(metrics, out_dir))
     return record
+
+
+def processes(cfg: DictConfig, overrides: list[str]) -> tuple[int | str, str, int]:
+    """(devices, strategy, num_nodes) of the evaluation: one device unless the command
+    line asks for more (``trainer.devices=2``: DDP, the numbers of one process)."""
+    given = {o.split("=", 1)[0] for o in overrides}
+    devices = cfg.trainer.get("devices", 1) if "trainer.devices" in given else 1
+    nodes = int(cfg.trainer.get("num_nodes", 1)) if "trainer.num_nodes" in given else 1
+    several = (
+        nodes > 1
+        or devices == -1
+        or str(devices) == "auto"
+        or (isinstance(devices, int) and devices > 1)
+    )
+    strategy = str(cfg.trainer.get("strategy", "auto")) if "trainer.strategy" in given else "auto"
+    if several and strategy == "auto":
+        strategy = "ddp"  # a process per device; eval.py relaunches itself for each
+    return devices, strategy, nodes
 
 
 def table(metrics: dict[str, float], out_dir: Path) -> str:

@@ -5,7 +5,6 @@ Every ``hydra.utils.instantiate`` call of the project is in this file.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shlex
@@ -192,11 +191,10 @@ def preflight(cfg: DictConfig) -> None:
     scores = (cfg.get("callbacks") or {}).get("sample_scores")
     if scores:
         check_writable(scores.cache_dir, "metrics.cache_dir")
-        if scores.features == "inception" and importlib.util.find_spec("torch_fidelity") is None:
-            raise ConfigError(
-                "metrics.features=inception needs torch-fidelity and its Inception weights: "
-                "pip install torch-fidelity, or use metrics.features=auto"
-            )
+        if scores.features == "inception":
+            from genlab.metrics.inception import resolve_weights
+
+            resolve_weights(scores.get("inception_weights"))  # one line when there are none
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:

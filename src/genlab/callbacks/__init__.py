@@ -1,11 +1,12 @@
 """Callbacks, one file per concern:
 
 - :mod:`~genlab.callbacks.training`: checkpoints (``BestCheckpoint``), per-epoch seeds
-  (``EpochSeeder``), NaN/inf stops (``DivergenceGuard``), the progress bar and epoch timing;
+  (``EpochSeeder``), NaN/inf stops (``DivergenceGuard``), the progress bar, test-loop progress lines
+  (``TestProgress``) and epoch timing;
 - :mod:`~genlab.callbacks.images`: sample / reconstruction grids and latent views
   (``ImageGrids``, ``LatentTools``), drawn by the plain functions of
   :mod:`~genlab.callbacks.views` (which ``eval.py`` uses too);
-- :mod:`~genlab.callbacks.scores`: FID / KID, conditional accuracy and probes
+- :mod:`~genlab.callbacks.scores`: FID / KID / precision-recall, conditional accuracy, probes
   (``SampleScores``), learning curves on the test split (``SplitCurve``).
 """
 
@@ -17,6 +18,7 @@ from genlab.callbacks.training import (
     EpochSeeder,
     EpochTimer,
     ProgressBar,
+    TestProgress,
 )
 
 __all__ = [
@@ -29,4 +31,5 @@ __all__ = [
     "ProgressBar",
     "SampleScores",
     "SplitCurve",
+    "TestProgress",
 ]

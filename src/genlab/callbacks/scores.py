@@ -4,6 +4,7 @@ split (:class:`SplitCurve`, ``callbacks=test_curve``)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -14,45 +15,56 @@ from torch import Tensor, nn
 from genlab.callbacks.training import is_due
 from genlab.checks import NonNegativeInt, PositiveInt, Seed, check_args
 from genlab.errors import ConfigError
+from genlab.metrics.features import SUFFIX
+
+log = logging.getLogger(__name__)
 
 PROBES = ("linear_probe_acc", "knn_acc", "mlp_probe_acc")  # test/<name>, see probe_scores
+SCORES = ("fid", "kid", "precision", "recall", "density", "coverage")  # + the space's suffix
+# Computed on every rank (equal there): logged by each, so every rank may monitor them.
+SHARED = (*SCORES, "cond_acc", "feature_net")
 
 
 class SampleScores(pl.Callback):
-    """FID / KID of samples, conditional and reconstruction accuracy, latent probes
-    (``metrics.*``).
+    """FID / KID and precision / recall / density / coverage of samples, conditional and
+    reconstruction accuracy, latent probes and HSIC (``metrics.*``).
 
-    - ``val/fid``, ``val/kid``: ``n_val`` samples against ``n_val`` validation images
-      (None: the model's ``val_score_samples``, else 1000; DDPM and flow matching: 250),
-      every ``every_n_epochs`` epochs and after the last; ``test/fid``, ``test/kid``
-      with ``n_test`` at test time.
+    - ``val/fid``, ``val/kid``, ``val/precision``, ``val/recall``, ``val/density``,
+      ``val/coverage``: ``n_val`` samples against ``n_val`` validation images (None: the
+      model's ``val_score_samples``, else 1000; DDPM and flow matching: 250), every
+      ``every_n_epochs`` epochs and after the last; ``test/...`` with ``n_test`` at test
+      time. Precision / recall use k = 3 neighbours, density / coverage k = 5.
     - ``{split}/fid_<variant>``, ``{split}/kid_<variant>``: the model's other samplers
       (``sample_variants(split)``; GANs: ``fid_raw``, the trained generator next to its EMA).
-    - ``{split}/cond_acc``: models with ``sample_conditional(labels, generator)``.
+    - ``{split}/cond_acc``: models with ``sample_conditional(labels, generator)``: the
+      classifier's accuracy on ``n`` class-conditional samples (mapped to images as for
+      FID, drawn in chunks).
     - ``{split}/recon_acc``: models with ``reconstruct(x)`` (VAEs, AEs, ALI's G(E(x))...):
-      the feature network's accuracy on the reconstructions of ``n_val`` / ``n_test``
-      images of the split against the labels of the originals (does a round trip through
-      the code keep the digit's identity?).
-    - ``test/linear_probe_acc``, ``test/knn_acc``, ``test/mlp_probe_acc``: models with
-      ``encode``, samplers or not (logistic regression, a 5-NN vote and a one-hidden-layer
-      classifier fitted on the frozen codes of ``n_probe_train`` training images, scored
-      on the test split).
+      the classifier's accuracy on the reconstructions of ``n_val`` / ``n_test`` images of
+      the split against the labels of the originals.
+    - ``{split}/feature_net_acc`` (``feature_net_mse`` for the auto-encoder): the quality
+      of the genlab network these scores used, on that split; a network whose features
+      can hardly tell the classes apart is flagged in one warning line.
+    - ``test/linear_probe_acc``, ``test/knn_acc``, ``test/mlp_probe_acc``,
+      ``test/hsic_code_label``, ``test/hsic_code_halves``: models with ``encode`` (probes
+      fitted on the frozen codes of ``n_probe_train`` training images, scored on the test
+      split; normalised HSIC between the codes of ``n_hsic`` test images and their labels,
+      and between the two halves of the code).
 
-    FID / KID and cond_acc apply to models of images that can ``sample``, recon_acc to
-    those that ``reconstruct``, the probes to models of images that ``encode``; anything
-    else is skipped silently.
-    Feature spaces (``features``, ``metrics.features``; the space is in the score's name, so
-    numbers from different spaces can't be mixed up in a table): ``classifier`` (genlab's
-    per-data-set CNN classifier, trained and cached on first use): ``fid``, ``kid``;
-    ``autoencoder`` (the same CNN trained as an auto-encoder, for data without labels):
-    ``fid_ae``, ``kid_ae``; ``inception`` (torchmetrics' Inception, needs its weights):
-    ``fid_inception``, ``kid_inception``; ``auto`` (default): the classifier when the data
-    has labels, else the auto-encoder (``genlab``: the classifier, as older configs say).
-    cond_acc, recon_acc and the probes need labels (and use the classifier). The networks
-    live here, frozen: never in the optimiser or the model's checkpoint. Real features are
-    cached per data set, split, size and feature network. Under DDP the ranks share the
-    FID / KID work (features gathered across ranks); cond_acc, recon_acc and the probes
-    run on rank 0.
+    Feature spaces (``features``; the space is in the score's name, so numbers from
+    different spaces can't be mixed up in a table): ``classifier`` (genlab's per-data-set
+    CNN classifier): ``fid``, ``precision``, ...; ``autoencoder`` (the same CNN trained as
+    an auto-encoder, for data without labels): ``fid_ae``, ``precision_ae``, ...;
+    ``inception`` (Inception-v3 pool features as papers use, from ``inception_weights`` or
+    the ``genlab[inception]`` extra): ``fid_inception``, ...; ``auto`` (default): the
+    classifier when the data has labels, else the auto-encoder. Networks are built on the
+    first score (never by a fast dev run or a run that scores nothing) and live here,
+    frozen: never in the optimiser or the checkpoint. Real features are cached by the
+    network and the exact images (:mod:`genlab.metrics.spaces`).
+
+    Under DDP every rank draws every world-th chunk of the same seeded samples and the
+    features are gathered back in order: every score is of the same images as in one
+    process (the sample count is the total, not per rank).
     """
 
     def __init__(
@@ -64,8 +76,11 @@ class SampleScores(pl.Callback):
         n_test: PositiveInt = 10000,
         probes: bool = True,
         n_probe_train: PositiveInt = 10000,
+        hsic: bool = True,
+        n_hsic: PositiveInt = 2000,
         kid_subset_size: PositiveInt = 1000,
         feature_epochs: PositiveInt = 5,
+        inception_weights: str | None = None,
         seed: Seed = 0,
     ) -> None:
         check_args(type(self), locals(), "callbacks.sample_scores")
@@ -75,18 +90,21 @@ class SampleScores(pl.Callback):
         self.n = {"val": n_val, "test": n_test}
         self.probes = probes
         self.n_probe_train = n_probe_train
+        self.hsic = hsic
+        self.n_hsic = n_hsic
         self.kid_subset_size = kid_subset_size
         self.feature_epochs = feature_epochs
+        self.inception_weights = inception_weights
         self.seed = seed
-        self.net = None  # the FeatureNet (its classifier head gives cond_acc)
-        self.metrics = None  # (FID, KID)
-        self.tag = ""
-        self.key = ""
+        self.classifier = None  # genlab's classifier (cond_acc, recon_acc), when labelled
+        self.space_ = None  # the FeatureSpace of FID / KID / PRDC
         self.num_classes: int | None = None  # the data's, known at setup (None: labelled)
+        self.quality: dict = {}  # the genlab network's record (accuracy, ...)
+        self._flagged = False
 
     @staticmethod
     def applies(pl_module: nn.Module) -> bool:
-        """Images (C, H, W) and a sampler: FID / KID (and cond_acc)."""
+        """Images (C, H, W) and a sampler: FID / KID / PRDC (and cond_acc)."""
         return len(getattr(pl_module, "data_shape", ())) == 3 and hasattr(pl_module, "sample")
 
     @staticmethod
@@ -109,14 +127,12 @@ class SampleScores(pl.Callback):
 
     @property
     def suffix(self) -> str:
-        """What score names carry after ``fid`` / ``kid``: the feature space."""
-        from genlab.metrics.features import SUFFIX
-
+        """What score names carry after ``fid`` / ``precision`` ...: the feature space."""
         return SUFFIX[self.space(self.features, self.num_classes)]
 
     def uses_features(self, pl_module: nn.Module) -> bool:
         """Whether any score of this model needs a feature network."""
-        return self.applies(pl_module) or self.recon_applies(pl_module)
+        return self.applies(pl_module) or (self.recon_applies(pl_module) and self.labelled)
 
     def probes_apply(self, pl_module: nn.Module) -> bool:
         """Images (C, H, W) with labels and an encoder, with ``probes`` on."""
@@ -127,18 +143,28 @@ class SampleScores(pl.Callback):
         """What this callback logs for ``pl_module`` on ``split``."""
         names = set()
         sfx = self.suffix
-        if self.applies(pl_module) and (split == "test" or self.every_n_epochs > 0):
-            names = {f"{split}/fid{sfx}", f"{split}/kid{sfx}"}
+        scored = split == "test" or self.every_n_epochs > 0
+        if self.applies(pl_module) and scored:
+            names = {f"{split}/{k}{sfx}" for k in SCORES}
             for v in self.variants(pl_module, split):
                 names |= {f"{split}/fid_{v}{sfx}", f"{split}/kid_{v}{sfx}"}
             if hasattr(pl_module, "sample_conditional") and self.labelled:
                 names.add(f"{split}/cond_acc")
-        labelled = self.labelled and (split == "test" or self.every_n_epochs > 0)
-        if self.recon_applies(pl_module) and labelled:
+        if self.recon_applies(pl_module) and self.labelled and scored:
             names.add(f"{split}/recon_acc")
+        if names:
+            names.add(f"{split}/{self.quality_name(pl_module)}")
         if split == "test" and self.probes_apply(pl_module):
             names |= {f"test/{k}" for k in PROBES}
+            if self.hsic:
+                names |= {"test/hsic_code_label", "test/hsic_code_halves"}
         return names
+
+    def quality_name(self, pl_module: nn.Module) -> str:
+        """The logged quality of the genlab network the scores use."""
+        space = self.space(self.features, self.num_classes)
+        ae = space == "autoencoder" or (space == "inception" and not self.labelled)
+        return "feature_net_mse" if ae else "feature_net_acc"
 
     @staticmethod
     def variants(pl_module: nn.Module, split: str) -> dict[str, dict]:
@@ -150,19 +176,23 @@ class SampleScores(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.datamodule is not None:
             self.num_classes = int(getattr(trainer.datamodule, "num_classes", 0) or 0)
-        if trainer.datamodule is not None and self.uses_features(pl_module):
-            self._setup(trainer, pl_module)  # the feature net is ready before any loop runs
 
+    def active(self, trainer: pl.Trainer) -> bool:
+        """Scores are skipped in fast dev runs (smoke tests) and without a data module."""
+        return trainer.datamodule is not None and not getattr(trainer, "fast_dev_run", False)
+
+    # ---- feature networks -------------------------------------------------------------
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.metrics is not None:
-            self.metrics = [m.to(pl_module.device) for m in self.metrics]
-            if self.net is not None:
-                self.net.to(pl_module.device)
+        """Build (or load) the feature networks on first use, on the module's device."""
+        device = pl_module.device
+        if self.space_ is not None:
+            self.space_.to(device)
+            if self.classifier is not None:
+                self.classifier.to(device)
             return
-        from genlab.metrics.features import data_key, get_feature_net
-        from genlab.metrics.scores import inception_extractor, make_fid_kid
+        from genlab.metrics.spaces import genlab_space, inception_space
 
-        dm, device = trainer.datamodule, pl_module.device
+        dm = trainer.datamodule
         space = self.space(self.features, self.num_classes)
         if space == "classifier" and not self.labelled:
             raise ConfigError(
@@ -170,36 +200,116 @@ class SampleScores(pl.Callback):
                 "none: use metrics.features=auto (an auto-encoder's features) or inception"
             )
         # The classifier serves cond_acc / recon_acc whenever there are labels; the
-        # auto-encoder only the scores of unlabelled data.
-        kinds = (["classifier"] if self.labelled else []) + (
-            ["autoencoder"] if space == "autoencoder" else []
-        )
-        nets = {}
+        # auto-encoder the scores of unlabelled data.
+        kinds = ["classifier"] if self.labelled else ["autoencoder"]
+        spaces = {}
         for kind in kinds:
-            if trainer.world_size > 1:
+            world = getattr(trainer, "world_size", 1)
+            if world > 1:
                 # Rank 0 trains and caches a missing net on its own device while the others
                 # wait; then every rank reads the cache and moves the net to its own device.
                 if trainer.global_rank == 0:
-                    get_feature_net(dm, self.cache_dir, self.feature_epochs, device, kind)
+                    genlab_space(kind, dm, self.cache_dir, self.feature_epochs, device)
                 trainer.strategy.barrier("genlab-feature-net")
-            nets[kind] = get_feature_net(dm, self.cache_dir, self.feature_epochs, device, kind)
-        self.net = nets["classifier"][0].to(device) if "classifier" in nets else None
+            spaces[kind] = genlab_space(kind, dm, self.cache_dir, self.feature_epochs, device)
+        if "classifier" in spaces:
+            self.classifier = spaces["classifier"].net.to(device)
         if space == "inception":
-            extractor, self.tag = inception_extractor(), "inception"
+            batch = 200 if device.type == "cuda" else 50
+            self.space_ = inception_space(self.inception_weights, batch)
+            self.quality = spaces[kinds[0]].record
         else:
-            extractor, record = nets[space]
-            self.tag = f"genlab-{record['digest']}"
-        self.key = data_key(trainer.datamodule)
-        self.metrics = [m.to(device) for m in make_fid_kid(extractor, self.kid_subset_size)]
+            self.space_ = spaces[space]
+            self.quality = self.space_.record
+        self.space_.to(device)
+        self._flag(pl_module)
 
+    def _flag(self, pl_module) -> None:
+        from genlab.metrics.features import quality_problem
+
+        problem = quality_problem(self.quality, self.num_classes or 10)
+        if problem and not self._flagged:
+            log.warning(
+                f"{problem}; the scores that use it say little: train it longer "
+                "(callbacks.sample_scores.feature_epochs) or use metrics.features=inception"
+            )
+            self._flagged = True
+
+    def _quality(self, pl_module: nn.Module, split: str) -> dict[str, float]:
+        name = self.quality_name(pl_module)
+        value = self.quality.get(f"{split}_acc" if name.endswith("acc") else f"{split}_mse")
+        return {f"{split}/{name}": float(value)} if value is not None else {}
+
+    # ---- distributed helpers ----------------------------------------------------------
+    @staticmethod
+    def _world(trainer: pl.Trainer) -> tuple[int, int]:
+        return getattr(trainer, "global_rank", 0), getattr(trainer, "world_size", 1)
+
+    @staticmethod
+    def _gather(trainer: pl.Trainer):
+        def all_gather(t: Tensor) -> list[Tensor]:
+            import torch.distributed as dist
+
+            out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+            dist.all_gather(out, t)
+            return out
+
+        return all_gather
+
+    def _distributed(self, trainer, n: int, work) -> Tensor:
+        """``work(k, start, stop) -> rows`` for this rank's chunks of range(n), gathered
+        from every rank in chunk order: (n, ...) on every rank."""
+        from genlab.metrics.scores import chunks, gather_in_order, my_chunks
+
+        rank, world = self._world(trainer)
+        plan = chunks(n)
+        mine = [work(k, *plan[k]) for k in my_chunks(plan, rank, world)]
+        local = torch.cat(mine) if mine else None
+        if local is None:  # more ranks than chunks: an empty share of the right shape
+            local = work(0, *plan[0])[:0]
+        return gather_in_order(local, plan, rank, world, self._gather(trainer))
+
+    # ---- scores -----------------------------------------------------------------------
     def _real(self, trainer: pl.Trainer, split: str, n: int) -> Tensor:
-        from genlab.metrics.scores import real_features
+        """Features (n, d) of the first n images of ``split``, cached by network and images."""
+        from genlab.metrics.features import data_key
+        from genlab.metrics.spaces import load_real, real_cache_path, real_key, save_real
+        from genlab.progress import Progress
 
         dm = trainer.datamodule
         x = dm.splits[split][0][:n]
-        name = f"{self.key}_{self.tag}_{split}_seed{getattr(dm, 'split_seed', 0)}_n{x.shape[0]}.pt"
-        fid = self.metrics[0]
-        return real_features(fid.inception, x.to(fid.device), self.cache_dir / "stats" / name)
+        key = real_key(self.space_, x)
+        path = real_cache_path(self.cache_dir, data_key(dm), split, key)
+        feats = load_real(path, key)
+        found = feats is not None
+        if getattr(trainer, "world_size", 1) > 1:  # all ranks read it, or all compute it
+            found = trainer.strategy.reduce_boolean_decision(found, all=True)
+        if not found:
+            _, world = self._world(trainer)
+            what = f"{self.space_.name} features of {x.shape[0]:,} real {split} images"
+            with Progress(what, x.shape[0], "images") as p:
+                feats = self._distributed(
+                    trainer, x.shape[0], lambda k, a, b: self.space_.features(x[a:b], p, world)
+                )
+            if trainer.is_global_zero:
+                save_real(path, key, feats)
+        return feats.to(self.space_.device)
+
+    def _fake(self, trainer, pl_module, n: int, **kwargs) -> Tensor:
+        """Features (n, d) of n samples (``sample(**kwargs)``), seeded by chunk."""
+        from genlab.metrics.scores import chunk_generator, to_images
+        from genlab.progress import Progress
+
+        dev, (_, world) = pl_module.device, self._world(trainer)
+        what = f"Samples for the {self.space_.name} scores"
+        with Progress(what, n, "images") as p:
+
+            def work(k: int, a: int, b: int) -> Tensor:
+                g = chunk_generator(dev, self.seed, k)
+                imgs = to_images(pl_module, pl_module.sample(b - a, generator=g, **kwargs))
+                return self.space_.features(imgs, p, world)
+
+            return self._distributed(trainer, n, work)
 
     @torch.no_grad()
     def scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict:
@@ -207,48 +317,52 @@ class SampleScores(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         out: dict[str, float] = {}
+        if self.uses_features(pl_module):
+            self._setup(trainer, pl_module)
         if self.applies(pl_module):
             out.update(self.sample_scores(trainer, pl_module, split))
         if self.recon_applies(pl_module) and self.labelled and trainer.is_global_zero:
             out[f"{split}/recon_acc"] = self.recon_acc(trainer, pl_module, split)
+        if out:
+            out.update(self._quality(pl_module, split))
         if split == "test" and self.probes_apply(pl_module) and trainer.is_global_zero:
-            from genlab.metrics.scores import probe_scores
-
-            dm = trainer.datamodule
-            train = tuple(t[: self.n_probe_train] for t in dm.splits["train"][:2])
-            scores = probe_scores(pl_module, train, tuple(dm.splits["test"][:2]))
-            out.update({f"test/{k}": v for k, v in scores.items()})
+            out.update(self.probe_scores(trainer, pl_module))
         pl_module.train(was_training)
         return out
 
     def sample_scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str):
-        """FID / KID of samples on ``split`` (all ranks) and cond_acc (rank 0)."""
-        from genlab.metrics.scores import classify, fid_kid_of, generate, set_real
+        """FID / KID / PRDC of samples (every sampler variant) and cond_acc on ``split``."""
+        from genlab.metrics.sample_quality import sample_scores
 
         self._setup(trainer, pl_module)
-        dm = trainer.datamodule
         out: dict[str, float] = {}
         real = self._real(trainer, split, self.samples(pl_module, split))
-        n = real.shape[0]
-        # Under DDP each rank holds every world-th real feature and draws its share of the
-        # samples (its own noise); torchmetrics gathers the states in compute(), so the
-        # scores are of all n real and n generated images, and every rank gets them.
-        rank, world = trainer.global_rank, trainer.world_size
-        set_real(*self.metrics, real[rank::world])
-        fake = generate(pl_module, len(range(rank, n, world)), seed=self.seed + 7919 * rank)
-        s, sfx = fid_kid_of(*self.metrics, fake, n_total=n), self.suffix
-        out[f"{split}/fid{sfx}"], out[f"{split}/kid{sfx}"] = s["fid"], s["kid"]
+        n, sfx = real.shape[0], self.space_.suffix
+        fake = self._fake(trainer, pl_module, n)
+        s = sample_scores(real, fake, kid_subset_size=self.kid_subset_size, seed=self.seed)
+        out.update({f"{split}/{k}{sfx}": s[k] for k in SCORES})
         for name, kwargs in self.variants(pl_module, split).items():
-            fake = generate(pl_module, len(fake), seed=self.seed + 7919 * rank, **kwargs)
-            s = fid_kid_of(*self.metrics, fake, n_total=n)
+            fake = self._fake(trainer, pl_module, n, **kwargs)
+            s = sample_scores(real, fake, kid_subset_size=self.kid_subset_size, seed=self.seed)
             out[f"{split}/fid_{name}{sfx}"], out[f"{split}/kid_{name}{sfx}"] = s["fid"], s["kid"]
-        if trainer.is_global_zero and self.labelled and hasattr(pl_module, "sample_conditional"):
-            labels = torch.arange(n, device=pl_module.device) % dm.num_classes
-            g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-            imgs = pl_module.sample_conditional(labels, generator=g)
-            pred = classify(self.net, imgs.float().clamp(0, 1))
-            out[f"{split}/cond_acc"] = float((pred == labels).float().mean())
+        if self.labelled and hasattr(pl_module, "sample_conditional"):
+            out[f"{split}/cond_acc"] = self.cond_acc(trainer, pl_module, n)
         return out
+
+    def cond_acc(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> float:
+        """The classifier's accuracy on n class-conditional samples (labels 0, 1, ..., in
+        turn), drawn in seeded chunks split over the ranks."""
+        from genlab.metrics.scores import conditional_hits
+
+        dev, classes = pl_module.device, trainer.datamodule.num_classes
+
+        def work(k: int, a: int, b: int) -> Tensor:
+            labels = torch.arange(a, b, device=dev) % classes
+            hits = conditional_hits(pl_module, self.classifier, labels, self.seed * 7919 + k)
+            return hits.reshape(1, 1).float()
+
+        hits = self._distributed(trainer, n, work)  # (chunks, 1)
+        return float(hits.sum()) / n
 
     def samples(self, pl_module: nn.Module, split: str) -> int:
         """How many samples (and real images) score ``split``."""
@@ -256,34 +370,48 @@ class SampleScores(pl.Callback):
         return n if n is not None else getattr(pl_module, "val_score_samples", 1000)
 
     def recon_acc(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> float:
-        """The feature network's accuracy on ``reconstruct(x)`` against the labels of x,
-        for the first ``n_val`` / ``n_test`` images of ``split`` (rank 0)."""
+        """The classifier's accuracy on ``reconstruct(x)`` against the labels of x, for
+        the first ``n_val`` / ``n_test`` images of ``split`` (rank 0)."""
         from genlab.metrics.scores import reconstruction_accuracy
 
         self._setup(trainer, pl_module)
         x, y = (t[: self.samples(pl_module, split)] for t in trainer.datamodule.splits[split][:2])
-        return reconstruction_accuracy(pl_module, self.net, x, y, seed=self.seed)
+        return reconstruction_accuracy(pl_module, self.classifier, x, y, seed=self.seed)
+
+    def probe_scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        """Linear / k-NN / MLP probes and HSIC of the codes (rank 0)."""
+        from genlab.metrics.dependence import hsic
+        from genlab.metrics.scores import encode_all, probe_scores
+
+        dm = trainer.datamodule
+        train = tuple(t[: self.n_probe_train] for t in dm.splits["train"][:2])
+        out = {
+            f"test/{k}": v for k, v in probe_scores(pl_module, train, dm.splits["test"][:2]).items()
+        }
+        if self.hsic:
+            x, y = (t[: self.n_hsic].to(pl_module.device) for t in dm.splits["test"][:2])
+            z = encode_all(pl_module, x)  # (n, d)
+            out["test/hsic_code_label"] = hsic(z, y)
+            h = z.shape[1] // 2
+            out["test/hsic_code_halves"] = hsic(z[:, :h], z[:, h:]) if h else float("nan")
+        return out
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (
-            trainer.sanity_checking
-            or trainer.datamodule is None
-            or not self.uses_features(pl_module)
-        ):
+        if trainer.sanity_checking or not self.active(trainer) or not self.uses_features(pl_module):
             return
         if self.every_n_epochs > 0 and is_due(trainer, self.every_n_epochs):
             self._log(pl_module, self.scores(trainer, pl_module, "val"))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.datamodule is not None and self.metric_names(pl_module, "test"):
+        if self.active(trainer) and self.metric_names(pl_module, "test"):
             self._log(pl_module, self.scores(trainer, pl_module, "test"))
 
     @staticmethod
     def _log(pl_module: pl.LightningModule, values: dict[str, float]) -> None:
-        # FID / KID are equal on every rank (callbacks may monitor them on each); the
-        # one-process scores are logged by rank 0.
+        # The sample scores are equal on every rank (callbacks may monitor them on each);
+        # the one-process scores are logged by rank 0.
         for k, v in values.items():
-            shared = k.split("/")[-1].startswith(("fid", "kid"))
+            shared = k.split("/")[-1].startswith(SHARED)
             pl_module.log(k, v, rank_zero_only=not shared)
 
 
@@ -325,11 +453,16 @@ class SplitCurve(pl.Callback):
         loader = getattr(dm, f"{self.split}_dataloader")()
         sums: dict[str, Tensor] = {}
         n = 0
+        weight = getattr(pl_module, "eval_weight", lambda b: b[0].shape[0])
+        index = getattr(pl_module, "eval_batch_idx", lambda i: i)
         for i, batch in enumerate(loader):
             batch = [t.to(pl_module.device) for t in batch]
-            b = batch[0].shape[0]
-            for k, v in pl_module.batch_metrics(batch, i, full=self.full).items():
+            b = weight(batch)  # 0 for a DDP rank's padding batch
+            j = index(i)  # one process's batch index: its evaluation noise
+            for k, v in pl_module.batch_metrics(batch, j, full=self.full).items():
                 sums[k] = sums.get(k, 0) + v * b  # on the device: one read-back at the end
             n += b
         for k, v in sums.items():
-            pl_module.log(f"curve/{self.split}_{k}", v / n, sync_dist=True)
+            pl_module.log(
+                f"curve/{self.split}_{k}", v / max(n, 1), batch_size=float(n), sync_dist=True
+            )

@@ -283,3 +283,22 @@ class ProgressBar(RichProgressBar):
             metrics.update({k: float(logged[k]) for k in self.keys if k in logged})
             self._cached, self._cached_step = metrics, step
         return self._cached
+
+
+class TestProgress(pl.Callback):
+    """Log lines with the test loop's progress and the time left (:mod:`genlab.progress`):
+    ``eval.py`` runs without a live progress bar, and a test pass of importance sampling
+    or ODE likelihoods can take many minutes."""
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from genlab.progress import Progress
+
+        batches = trainer.num_test_batches
+        total = int(sum(batches) if isinstance(batches, list) else batches)
+        self.progress = Progress("Test batches", total, "batches")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+        self.progress.update()
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.progress.finish()

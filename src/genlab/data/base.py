@@ -22,12 +22,19 @@ Binarize = Literal["static", "threshold"] | None
 class TensorBatches:
     """Batches ``(x[idx], y[idx], idx)`` cut from tensors by index: a DataLoader without
     workers. ``idx`` (long (B,)) are the rows of the split, for models that keep one
-    parameter per training example (GLO's latent codes).
+    parameter per training example (GLO's latent codes) or count images (``-1``: padding).
 
     Shuffled batches use a permutation drawn on the tensors' device from ``seed`` plus the
     current epoch (``epoch_fn``), so every epoch differs and every run repeats. Under
     several processes each rank takes every ``world_size``-th index of the (padded)
     permutation, as ``DistributedSampler`` does: equal batch counts on every rank.
+
+    Unshuffled (evaluation) batches are the batches of one process, dealt out whole:
+    rank r gets batches r, r + world_size, ..., so each batch holds the same images and
+    the seeded evaluation noise of global batch ``batch_idx * world_size + rank`` (see
+    ``GenlabModule.eval_batch_idx``) is the one a single process draws. A rank short of
+    a batch gets a copy of its last one with ``idx = -1``, which the models' evaluation
+    steps weigh 0: every image counts once, and every rank runs as many steps.
     """
 
     def __init__(
@@ -50,26 +57,39 @@ class TensorBatches:
         self.per_rank = math.ceil(x.shape[0] / world_size)
 
     def __len__(self) -> int:
+        if not self.shuffle:
+            return math.ceil(math.ceil(self.x.shape[0] / self.batch_size) / self.world_size)
         return math.ceil(self.per_rank / self.batch_size)
 
     def _indices(self) -> Tensor:
         n, device = self.x.shape[0], self.x.device
-        if self.shuffle:
-            g = torch.Generator(device=device)
-            g.manual_seed(self.seed * 1_000_003 + self.epoch_fn())
-            idx = torch.randperm(n, generator=g, device=device)
-        else:
-            idx = torch.arange(n, device=device)
+        g = torch.Generator(device=device)
+        g.manual_seed(self.seed * 1_000_003 + self.epoch_fn())
+        idx = torch.randperm(n, generator=g, device=device)
         if self.world_size > 1:
             pad = self.per_rank * self.world_size - n
             idx = torch.cat([idx, idx[:pad]])[self.rank :: self.world_size]
         return idx
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        if not self.shuffle:
+            yield from self._eval_batches()
+            return
         idx = self._indices()
         for i in range(0, idx.shape[0], self.batch_size):
             j = idx[i : i + self.batch_size]
             yield self.x[j], self.y[j], j
+
+    def _eval_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        n, b = self.x.shape[0], self.batch_size
+        starts = list(range(0, n, b))[self.rank :: self.world_size]
+        for s in starts:
+            j = torch.arange(s, min(s + b, n), device=self.x.device)
+            yield self.x[s : s + b], self.y[s : s + b], j
+        if len(starts) < len(self) and n:  # padding: weighed 0 by the evaluation steps
+            s = starts[-1] if starts else 0
+            x, y = self.x[s : s + b], self.y[s : s + b]
+            yield x, y, torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
 
 
 class InMemoryDataModule(pl.LightningDataModule):

@@ -1,156 +1,89 @@
-"""Sample-quality and representation scores: FID / KID (torchmetrics, with genlab's own
-feature network or Inception), conditional accuracy, and probes of frozen codes (linear,
-k-NN and one-hidden-layer classifiers)."""
+"""Samples for the scores (by seeded chunks, split over processes and gathered back in
+order), conditional and reconstruction accuracy, and probes of frozen codes (linear,
+k-NN and one-hidden-layer classifiers). FID / KID / precision-recall of the features are
+in :mod:`genlab.metrics.sample_quality`."""
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 
-from genlab.errors import ConfigError
-
-log = logging.getLogger(__name__)
+SAMPLE_CHUNK = 500  # images per sampler call; chunk k's noise is seeded by (seed, k)
 
 
-def inception_extractor() -> nn.Module:
-    """torchmetrics' Inception-v3 feature extractor (torch-fidelity; downloads its weights)."""
-    try:
-        import torch_fidelity  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "metrics.features=inception needs torch-fidelity and its Inception weights: "
-            "pip install torch-fidelity (weights download on first use), or use "
-            "metrics.features=genlab"
-        ) from None
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
-    net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
-    net.num_features = 2048
-    return _GreyToRGB(net)
+def chunks(n: int, size: int = SAMPLE_CHUNK) -> list[tuple[int, int]]:
+    """[(start, stop), ...] covering range(n) in pieces of ``size``."""
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-class _GreyToRGB(nn.Module):
-    """Feeds [0, 1] images of any channel count to Inception as uint8 RGB."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.num_features = net.num_features
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        return self.net((x.clamp(0, 1) * 255).to(torch.uint8))
+def my_chunks(plan: list[tuple[int, int]], rank: int, world: int) -> list[int]:
+    """The chunk indices one of ``world`` processes works on: every world-th."""
+    return list(range(rank, len(plan), world))
 
 
-def make_fid_kid(
-    extractor: nn.Module, kid_subset_size: int = 1000
-) -> tuple[FrechetInceptionDistance, KernelInceptionDistance]:
-    """torchmetrics' FID and KID on ``extractor``'s features of [0, 1] float images.
-
-    Real statistics are not recomputed each time: fill them with :func:`set_real`.
-    """
-    fid = FrechetInceptionDistance(feature=extractor, normalize=True, reset_real_features=False)
-    warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer")
-    kid = KernelInceptionDistance(
-        feature=extractor,
-        normalize=True,
-        reset_real_features=False,
-        subset_size=kid_subset_size,
-        subsets=50,
-    )
-    return fid, kid
-
-
-def set_real(fid: FrechetInceptionDistance, kid: KernelInceptionDistance, feats: Tensor) -> None:
-    """Load precomputed real features (N, d) into both metrics' real-data states."""
-    f = feats.to(fid.real_features_sum.device).double()
-    fid.real_features_sum = f.sum(0)
-    fid.real_features_cov_sum = f.T @ f
-    fid.real_features_num_samples = torch.tensor(f.shape[0], device=f.device)
-    kid.real_features = [feats.to(fid.real_features_sum.device).float()]
-
-
-@torch.no_grad()
-def extract(extractor: nn.Module, x: Tensor, batch_size: int = 500) -> Tensor:
-    """Features (N, d) of images x (uint8, or floats in [0, 1]), in batches."""
-    out = []
-    for i in range(0, x.shape[0], batch_size):
-        b = x[i : i + batch_size]
-        out.append(extractor(b.float() / 255 if b.dtype == torch.uint8 else b).float())
+def gather_in_order(
+    local: Tensor,
+    plan: list[tuple[int, int]],
+    rank: int,
+    world: int,
+    all_gather: Callable[[Tensor], list[Tensor]] | None = None,
+) -> Tensor:
+    """Rows of every chunk of ``plan`` in chunk order, from each process's ``local``
+    rows of its :func:`my_chunks` (concatenated). ``all_gather(t)`` returns every
+    process's t (same shape); ranks whose share is shorter pad theirs."""
+    if world == 1:
+        return local
+    sizes = [sum(plan[k][1] - plan[k][0] for k in my_chunks(plan, r, world)) for r in range(world)]
+    pad = max(sizes) - local.shape[0]
+    if pad:
+        local = torch.cat([local, local.new_zeros(pad, *local.shape[1:])])
+    parts = [p[: sizes[r]] for r, p in enumerate(all_gather(local.contiguous()))]
+    out, offsets = [], [0] * world
+    for k, (a, b) in enumerate(plan):
+        r = k % world
+        out.append(parts[r][offsets[r] : offsets[r] + b - a])
+        offsets[r] += b - a
     return torch.cat(out)
 
 
-def real_features(
-    extractor: nn.Module,
-    x: Tensor,
-    cache_file: Path | None,
-    batch_size: int = 500,
-) -> Tensor:
-    """Features of the real images x, read from / written to ``cache_file``."""
-    if cache_file is not None and cache_file.exists():
-        try:
-            feats = torch.load(cache_file, map_location="cpu", weights_only=True)
-            if isinstance(feats, Tensor) and feats.shape[0] == x.shape[0]:
-                return feats
-        except Exception:  # noqa: BLE001 - a truncated or foreign cache: recompute it
-            log.warning(f"Real-feature cache {cache_file} is unreadable: recomputing it")
-    feats = extract(extractor, x, batch_size).cpu()
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp-{os.getpid()}")  # DDP ranks may write at once
-        torch.save(feats, tmp)
-        tmp.replace(cache_file)
-    return feats
+def chunk_generator(device: torch.device, seed: int, k: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
 
 
-@torch.no_grad()
-def fid_kid_of(
-    fid: FrechetInceptionDistance,
-    kid: KernelInceptionDistance,
-    fake: Tensor,
-    batch_size: int = 500,
-    n_total: int | None = None,
-) -> dict[str, float]:
-    """FID and KID (mean, std over subsets) of [0, 1] images ``fake`` against the loaded
-    real statistics; the metrics are reset (real states kept) afterwards. Under DDP each
-    rank passes its share and ``n_total``, the number of images over all ranks."""
-    fid.reset()
-    kid.reset()
-    for i in range(0, fake.shape[0], batch_size):
-        b = fake[i : i + batch_size].float().clamp(0, 1)
-        fid.update(b, real=False)
-        kid.update(b, real=False)
-    n = n_total or min(fake.shape[0], sum(f.shape[0] for f in kid.real_features))
-    kid.subset_size = min(kid.subset_size, n)
-    kid_mean, kid_std = kid.compute()
-    out = {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
-    fid.reset()
-    kid.reset()
-    return out
+def to_images(model: nn.Module, x: Tensor) -> Tensor:
+    """A sampler's output -> images in [0, 1] (float), the model's ``to_image`` (GANs and
+    diffusion map [-1, 1]), else a clamp."""
+    to_image = getattr(model, "to_image", None)
+    return (to_image(x) if to_image is not None else x.clamp(0, 1)).float()
 
 
 @torch.no_grad()
 def generate(
-    model: nn.Module, n: int, seed: int = 0, batch_size: int = 500, **kwargs: Any
+    model: nn.Module, n: int, seed: int = 0, batch_size: int = SAMPLE_CHUNK, **kwargs: Any
 ) -> Tensor:
-    """n samples of ``model.sample(..., **kwargs)`` in [0, 1], with fixed noise
-    (comparable across epochs)."""
+    """n samples of ``model.sample(..., **kwargs)`` as [0, 1] images, chunk k drawn with
+    the generator of (seed, k): the same images whatever the batch or process split."""
     device = next(model.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
-    to_image = getattr(model, "to_image", lambda x: x.clamp(0, 1))
-    chunks = [
-        to_image(model.sample(min(batch_size, n - i), generator=g, **kwargs)).float()
-        for i in range(0, n, batch_size)
-    ]
-    return torch.cat(chunks)
+    return torch.cat(
+        [
+            to_images(
+                model, model.sample(b - a, generator=chunk_generator(device, seed, k), **kwargs)
+            )
+            for k, (a, b) in enumerate(chunks(n, batch_size))
+        ]
+    )
+
+
+@torch.no_grad()
+def conditional_hits(model: nn.Module, net: nn.Module, labels: Tensor, seed: int = 0) -> Tensor:
+    """How many samples of ``model.sample_conditional(labels)`` the classifier ``net``
+    assigns to the class asked for (a 0-d tensor); samples mapped to images as for FID."""
+    g = torch.Generator(device=labels.device).manual_seed(seed)
+    imgs = to_images(model, model.sample_conditional(labels, generator=g))
+    return (classify(net, imgs) == labels).sum()
 
 
 @torch.no_grad()
@@ -177,12 +110,11 @@ def reconstruction_accuracy(
     the feature network classifies as their label y (N,): does the round trip through
     the code keep the class? The model must be in eval mode."""
     dev = next(model.parameters()).device
-    to_image = getattr(model, "to_image", lambda t: t.clamp(0, 1))
     hits = torch.zeros((), device=dev)
     for i in range(0, x.shape[0], batch_size):
         b, lab = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
         g = torch.Generator(device=dev).manual_seed(seed + i)  # fixed dequantisation noise
-        r = to_image(model.reconstruct(model.preprocess(b, g))).float()
+        r = to_images(model, model.reconstruct(model.preprocess(b, g)))
         hits += (extractor_net.logits(r).argmax(1) == lab).sum()
     return float(hits) / x.shape[0]
 

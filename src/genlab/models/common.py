@@ -64,15 +64,38 @@ class GenlabModule(pl.LightningModule):
         raise NotImplementedError
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.log_eval("val", self.batch_metrics(batch, batch_idx), batch)
+        self.log_eval("val", self.batch_metrics(batch, self.eval_batch_idx(batch_idx)), batch)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self.log_eval("test", self.batch_metrics(batch, batch_idx, full=True), batch)
+        metrics = self.batch_metrics(batch, self.eval_batch_idx(batch_idx), full=True)
+        self.log_eval("test", metrics, batch)
+
+    def eval_batch_idx(self, batch_idx: int) -> int:
+        """The index of this evaluation batch in one process's order: under DDP, rank r's
+        i-th batch is batch i * world_size + r (genlab's loaders deal whole batches out),
+        so the seeded evaluation noise and the numbers are those of one process."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return batch_idx
+        return batch_idx * trainer.world_size + trainer.global_rank
+
+    @staticmethod
+    def eval_weight(batch) -> float:
+        """How many images of an evaluation batch count: all but the padding rows
+        (``idx = -1``) a rank short of a batch runs (0 for a padding batch).
+
+        A float on purpose: Lightning 2.6 averages the summed batch sizes across ranks in
+        the count's own dtype, and an integer count loses the remainder (179 images on two
+        ranks became 178), skewing every DDP mean."""
+        if len(batch) > 2 and isinstance(batch[2], Tensor) and batch[2].numel():
+            return float((batch[2] >= 0).sum())  # one read-back per evaluation batch
+        return float(batch[0].shape[0])
 
     def log_eval(self, split: str, metrics: dict[str, Tensor], batch) -> None:
-        """Epoch means of held-out metrics, weighted by batch size, reduced across ranks."""
+        """Epoch means of held-out metrics, weighted by the images they cover, reduced
+        across ranks (the same images and weights as in one process)."""
         values = {f"{split}/{k}": v for k, v in metrics.items()}
-        self.log_dict(values, batch_size=batch[0].shape[0], sync_dist=True)
+        self.log_dict(values, batch_size=self.eval_weight(batch), sync_dist=True)
 
     def log_train(self, values: dict[str, Tensor]) -> None:
         """Training terms as ``train/<name>``: means over each logging window."""

@@ -172,6 +172,7 @@ class FlowMatching(IterativeSampler):
                 steps=h.likelihood_steps,
                 rtol=h.ode_tolerance,
                 atol=h.ode_tolerance,
+                progress=f"ODE likelihood of {x.shape[0]} examples",
             )
         prior = -0.5 * z.pow(2).flatten(1).sum(1) - 0.5 * self.dim * math.log(2 * math.pi)
         return (prior + delta).detach()
@@ -190,26 +191,32 @@ class FlowMatching(IterativeSampler):
         return {"loss": self._loss(x1, y, g)}
 
     def likelihood_metrics(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        """loglik (nats per example) and, for 8-bit images, bpd of this batch's share of
-        the first ``bpd_max_images`` images (empty past them); with
-        ``hutchinson_samples`` S >= 2 probes, also ``bpd_probe_std``: the standard
-        deviation of a one-probe estimate of an image's bpd (mean over images)."""
-        b = batch[0].shape[0]
-        take = min(b, self.hparams.bpd_max_images - batch_idx * b)
-        if take <= 0:
-            return {}
-        g = eval_generator(batch[0].device, batch_idx, seed=4321)
-        x = self.preprocess(batch[0][:take], g)
-        y = batch[1][:take] if self.hparams.conditional else None
+        """loglik (nats per example) and, for 8-bit images, bpd of the rows of this batch
+        that are among the split's first ``bpd_max_images`` (by their row index ``idx``,
+        so the same images whatever the batch size or process count; empty (0,) tensors
+        when none is); with ``hutchinson_samples`` S >= 2 probes, also ``bpd_probe_std``:
+        the standard deviation of a one-probe estimate of an image's bpd (mean over
+        images)."""
+        idx = batch[2] if len(batch) > 2 else torch.arange(batch[0].shape[0])
+        keep = (idx >= 0) & (idx < self.hparams.bpd_max_images)  # -1: DDP padding
+        take = int(keep.sum())
+        images = batch[0].dtype == torch.uint8
         s = (
             1
             if self.dim <= self.hparams.exact_divergence_max_dim
             else self.hparams.hutchinson_samples
         )
+        if take == 0:
+            empty = batch[0].new_zeros(0, dtype=torch.float32)
+            names = ["loglik"] + (["bpd"] + (["bpd_probe_std"] if s >= 2 else []) if images else [])
+            return dict.fromkeys(names, empty)
+        g = eval_generator(batch[0].device, batch_idx, seed=4321)
+        x = self.preprocess(batch[0][keep], g)
+        y = batch[1][keep] if self.hparams.conditional else None
         xs = x.repeat(s, *[1] * (x.dim() - 1))  # (S * take, ...): S probes per image
         ll = self.log_prob(xs, None if y is None else y.repeat(s), g).view(s, take)
         out = {"loglik": ll.mean(0)}
-        if batch[0].dtype == torch.uint8:
+        if images:
             bpd = self.bits_per_dim(ll)
             out["bpd"] = bpd.mean(0)
             if s >= 2:
@@ -218,11 +225,14 @@ class FlowMatching(IterativeSampler):
 
     def test_step(self, batch, batch_idx: int) -> None:
         super().test_step(batch, batch_idx)
-        values = self.likelihood_metrics(batch, batch_idx)
-        if values:  # weighted by the images they cover
-            n = next(iter(values.values())).shape[0]
-            means = {f"test/{k}": v.mean() for k, v in values.items()}
-            self.log_dict(means, batch_size=n, sync_dist=True)
+        if self.hparams.bpd_max_images == 0:
+            return
+        values = self.likelihood_metrics(batch, self.eval_batch_idx(batch_idx))
+        # Weighted by the images they cover: a batch (or a rank) past the first
+        # bpd_max_images logs zeros with weight 0, so every rank logs the same names.
+        n = next(iter(values.values())).shape[0]
+        means = {f"test/{k}": v.mean() if n else v.new_zeros(()) for k, v in values.items()}
+        self.log_dict(means, batch_size=float(n), sync_dist=True)  # float: see eval_weight
 
     # ---- sampling ---------------------------------------------------------------------
     def _sample(self, z, labels, steps, generator, record, solver: Solver | None = None):

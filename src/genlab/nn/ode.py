@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from genlab.errors import ConfigError
+from genlab.progress import Progress
 
 State = Tensor | tuple[Tensor, ...]
 Solver = Literal["euler", "heun", "dopri5"]
@@ -63,11 +64,14 @@ def odeint(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     max_steps: int = 10000,
+    progress: str | None = None,
 ) -> tuple[State, int]:
     """Integrate dy/dt = f(t, y) from t0 to t1: (y(t1), function evaluations).
 
     ``steps``: the fixed-step solvers' step count (Heun: 2 evaluations per step);
-    dopri5 ignores it and adapts its step to rtol / atol (6 evaluations per step)."""
+    dopri5 ignores it and adapts its step to rtol / atol (6 evaluations per step).
+    ``progress``: name the solve in progress lines (how much of [t0, t1] is done, the time
+    left) when it takes more than a few seconds."""
     if solver not in SOLVERS:
         raise ConfigError(f"ODE solver {solver!r} is not one of {', '.join(SOLVERS)}")
     single = not isinstance(y0, tuple)
@@ -78,10 +82,13 @@ def odeint(
         return _tup(f(torch.tensor(t, device=dev, dtype=dt), state[0] if single else state))
 
     nfe = 0
+    track = Progress(progress, 1000, percent_only=True) if progress else None
     if solver in ("euler", "heun"):
         h = (t1 - t0) / steps
         for i in range(steps):
             t = t0 + i * h
+            if track is not None:
+                track.update(round(1000 * (i + 1) / steps) - track.done)
             k1 = fn(t, y)
             nfe += 1
             if solver == "euler":
@@ -90,11 +97,18 @@ def odeint(
             k2 = fn(t + h, _axpy(y, h, [k1], [1.0]))
             nfe += 1
             y = _axpy(y, h, [k1, k2], [0.5, 0.5])
+        if track is not None:
+            track.finish()
         return (y[0] if single else y), nfe
-    return _dopri5(fn, y, t0, t1, rtol, atol, max_steps, single)
+    out = _dopri5(fn, y, t0, t1, rtol, atol, max_steps, single, track)
+    if track is not None:
+        track.finish()
+    return out
 
 
-def _dopri5(fn, y, t0: float, t1: float, rtol: float, atol: float, max_steps: int, single: bool):
+def _dopri5(
+    fn, y, t0: float, t1: float, rtol: float, atol: float, max_steps: int, single: bool, track
+):
     direction = 1.0 if t1 >= t0 else -1.0
     span = abs(t1 - t0)
     t, h = t0, direction * min(0.01, span) if span else 0.0
@@ -123,6 +137,8 @@ def _dopri5(fn, y, t0: float, t1: float, rtol: float, atol: float, max_steps: in
         err = float((sq / sum(a.numel() for a in y)).sqrt())
         if err <= 1.0:
             t, y, k1 = t + h, y_new, ks[6]  # first-same-as-last: k7 is f at the new point
+            if track is not None and span:
+                track.update(round(1000 * abs(t - t0) / span) - track.done)
         factor = 10.0 if err == 0 else min(10.0, max(0.2, 0.9 * err**-0.2))
         h = h * factor
     return (y[0] if single else y), nfe

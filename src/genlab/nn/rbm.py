@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.progress import Progress
+
 
 class RBM(nn.Module):
     """One RBM layer: weights W (V, H), visible bias b (V,), hidden bias c (H,).
@@ -177,6 +179,7 @@ def ais_log_partition(
         return (1 - beta) * (v @ bA) + beta * (v @ b) + F.softplus(beta * act).sum(1)
 
     betas = betas.tolist()
+    track = Progress(f"AIS log Z ({runs} chains)", len(betas) - 1, "temperatures")
     for prev, beta in zip(betas[:-1], betas[1:], strict=True):
         act = v @ W + c  # (M, H), shared by both terms
         log_w += (log_f(v, beta, act) - log_f(v, prev, act)).double()
@@ -184,6 +187,8 @@ def ais_log_partition(
             h = torch.bernoulli(torch.sigmoid(beta * act), generator=generator)
             logits = (1 - beta) * bA + beta * (h @ W.T + b)
             v = torch.bernoulli(torch.sigmoid(logits), generator=generator)
+        track.update()
+    track.finish()
     log_z = log_z0 + torch.logsumexp(log_w, 0) - math.log(runs)
     lo, hi = log_mean_exp_bounds(log_w)
     return AISEstimate(log_z, lo + float(log_z0), hi + float(log_z0), log_w)
