@@ -185,11 +185,12 @@ def test_scores_without_labels_are_named_by_their_feature_space(make_cfg, tmp_pa
     assert cfg.metrics.features == "autoencoder"
     assert objs["trainer"].checkpoint_callback.monitor == "val/fid_ae"
     assert {"val/fid_ae", "val/kid_ae", "test/fid_ae", "test/kid_ae"} <= set(metrics)
+    assert {"test/precision_ae", "test/coverage_ae", "test/feature_net_mse"} <= set(metrics)
     assert not {k for k in metrics if k.endswith(("/fid", "/kid", "recon_acc", "probe_acc"))}
-    record = torch.load(
-        next(Path(cfg.metrics.cache_dir).glob("imagefolder-flat-8px1c-*_ae.pt")), weights_only=True
-    )
+    path = next(Path(cfg.metrics.cache_dir).glob("imagefolder-flat-8px1c-*_ae-*.pt"))
+    record = torch.load(path, weights_only=True)
     assert record["kind"] == "autoencoder" and record["test_mse"] < 0.1
+    assert metrics["test/feature_net_mse"] == pytest.approx(record["test_mse"])
     cfg.metrics.features = "classifier"
     with pytest.raises(ConfigError, match="needs class labels"):
         train(cfg)

@@ -49,11 +49,15 @@ def test_report_of_two_runs(two_runs: Path, tmp_path: Path) -> None:
         fid = [float(r["test/fid"]) for r in rows if r.get("test/fid")]
         assert float(row["test/nll_iwae"]) == pytest.approx(nll[-1])
         assert float(row["fid"]) == pytest.approx(fid[-1])
+        for key in ("precision", "recall", "density", "coverage"):  # beside FID / KID
+            logged = [float(r[f"test/{key}"]) for r in rows if r.get(f"test/{key}")]
+            assert float(row[key]) == pytest.approx(logged[-1]), key
         assert row["family"] == "VAE" and row["data"] == "Digits" and row["split"] == "test"
         assert int(row["epochs"]) == 2 and float(row["seconds"]) > 0
     assert table[0]["settings"] == "iwae_samples=8" and "latent_dim=4" in table[1]["settings"]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| NLL (IWAE) (nats) |" in md and "FID (classifier features)" in md
+    assert "| prec. (classifier) | recall (classifier) | density (classifier) |" in md
     for name in ("samples.png", "fid.png", "curves_val_elbo.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 1000, name
         assert f"({name})" in md

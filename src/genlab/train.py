@@ -324,11 +324,13 @@ def _overrides() -> list[str]:
 
 def headline(metrics: dict[str, float]) -> str:
     """The run's headline numbers (genlab.report's choice: likelihoods, bits/dim, errors,
-    FID / KID with their feature space), test values where the run was tested."""
+    FID / KID / precision / recall with their feature space), test values where the run
+    was tested."""
     from genlab.report import HEADLINES, SPACES
 
     split = "test" if any(k.startswith("test/") for k in metrics) else "val"
-    names = [h[0] for h in HEADLINES] + [f"{m}{s}" for s in SPACES for m in ("fid", "kid")]
+    scores = ("fid", "kid", "precision", "recall")
+    names = [h[0] for h in HEADLINES] + [f"{m}{s}" for s in SPACES for m in scores]
     shown = [
         f"{split}/{n}={metrics[f'{split}/{n}']:.4g}" for n in names if f"{split}/{n}" in metrics
     ]

@@ -58,7 +58,8 @@ class SampleScores(pl.Callback):
     ``inception`` (Inception-v3 pool features as papers use, from ``inception_weights`` or
     the ``genlab[inception]`` extra): ``fid_inception``, ...; ``auto`` (default): the
     classifier when the data has labels, else the auto-encoder. Networks are built on the
-    first score (never by a fast dev run or a run that scores nothing) and live here,
+    first score (never by a run that scores nothing; a fast dev run computes the probes
+    only) and live here,
     frozen: never in the optimiser or the checkpoint. Real features are cached by the
     network and the exact images (:mod:`genlab.metrics.spaces`).
 
@@ -152,7 +153,8 @@ class SampleScores(pl.Callback):
                 names.add(f"{split}/cond_acc")
         if self.recon_applies(pl_module) and self.labelled and scored:
             names.add(f"{split}/recon_acc")
-        if names:
+        genlab_net = self.labelled or self.space(self.features, self.num_classes) != "inception"
+        if names and genlab_net:
             names.add(f"{split}/{self.quality_name(pl_module)}")
         if split == "test" and self.probes_apply(pl_module):
             names |= {f"test/{k}" for k in PROBES}
@@ -162,8 +164,7 @@ class SampleScores(pl.Callback):
 
     def quality_name(self, pl_module: nn.Module) -> str:
         """The logged quality of the genlab network the scores use."""
-        space = self.space(self.features, self.num_classes)
-        ae = space == "autoencoder" or (space == "inception" and not self.labelled)
+        ae = self.space(self.features, self.num_classes) == "autoencoder"
         return "feature_net_mse" if ae else "feature_net_acc"
 
     @staticmethod
@@ -177,9 +178,10 @@ class SampleScores(pl.Callback):
         if trainer.datamodule is not None:
             self.num_classes = int(getattr(trainer.datamodule, "num_classes", 0) or 0)
 
-    def active(self, trainer: pl.Trainer) -> bool:
-        """Scores are skipped in fast dev runs (smoke tests) and without a data module."""
-        return trainer.datamodule is not None and not getattr(trainer, "fast_dev_run", False)
+    @staticmethod
+    def smoke(trainer: pl.Trainer) -> bool:
+        """A fast dev run: no score that needs a feature network (the probes still run)."""
+        return bool(getattr(trainer, "fast_dev_run", False))
 
     # ---- feature networks -------------------------------------------------------------
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -200,8 +202,8 @@ class SampleScores(pl.Callback):
                 "none: use metrics.features=auto (an auto-encoder's features) or inception"
             )
         # The classifier serves cond_acc / recon_acc whenever there are labels; the
-        # auto-encoder the scores of unlabelled data.
-        kinds = ["classifier"] if self.labelled else ["autoencoder"]
+        # auto-encoder the scores of unlabelled data in its own space.
+        kinds = ["classifier"] if self.labelled else ["autoencoder"] * (space == "autoencoder")
         spaces = {}
         for kind in kinds:
             world = getattr(trainer, "world_size", 1)
@@ -217,7 +219,7 @@ class SampleScores(pl.Callback):
         if space == "inception":
             batch = 200 if device.type == "cuda" else 50
             self.space_ = inception_space(self.inception_weights, batch)
-            self.quality = spaces[kinds[0]].record
+            self.quality = spaces[kinds[0]].record if kinds else {}
         else:
             self.space_ = spaces[space]
             self.quality = self.space_.record
@@ -227,6 +229,8 @@ class SampleScores(pl.Callback):
     def _flag(self, pl_module) -> None:
         from genlab.metrics.features import quality_problem
 
+        if not self.quality:  # Inception scores of unlabelled data: no genlab network
+            return
         problem = quality_problem(self.quality, self.num_classes or 10)
         if problem and not self._flagged:
             log.warning(
@@ -317,11 +321,12 @@ class SampleScores(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         out: dict[str, float] = {}
-        if self.uses_features(pl_module):
+        features = self.uses_features(pl_module) and not self.smoke(trainer)
+        if features:
             self._setup(trainer, pl_module)
-        if self.applies(pl_module):
+        if features and self.applies(pl_module):
             out.update(self.sample_scores(trainer, pl_module, split))
-        if self.recon_applies(pl_module) and self.labelled and trainer.is_global_zero:
+        if features and self.recon_applies(pl_module) and self.labelled and trainer.is_global_zero:
             out[f"{split}/recon_acc"] = self.recon_acc(trainer, pl_module, split)
         if out:
             out.update(self._quality(pl_module, split))
@@ -397,13 +402,15 @@ class SampleScores(pl.Callback):
         return out
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self.active(trainer) or not self.uses_features(pl_module):
+        if trainer.sanity_checking or trainer.datamodule is None or self.smoke(trainer):
+            return
+        if not self.uses_features(pl_module):
             return
         if self.every_n_epochs > 0 and is_due(trainer, self.every_n_epochs):
             self._log(pl_module, self.scores(trainer, pl_module, "val"))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.active(trainer) and self.metric_names(pl_module, "test"):
+        if trainer.datamodule is not None and self.metric_names(pl_module, "test"):
             self._log(pl_module, self.scores(trainer, pl_module, "test"))
 
     @staticmethod

@@ -286,9 +286,9 @@ class ProgressBar(RichProgressBar):
 
 
 class TestProgress(pl.Callback):
-    """Log lines with the test loop's progress and the time left (:mod:`genlab.progress`):
-    ``eval.py`` runs without a live progress bar, and a test pass of importance sampling
-    or ODE likelihoods can take many minutes."""
+    """Log lines with the test loop's progress and the time left (:mod:`genlab.progress`)
+    once it has run a few seconds: a test pass of importance sampling or ODE likelihoods
+    can take many minutes, and ``eval.py`` or a cluster job's log has no live bar."""
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from genlab.progress import Progress
@@ -299,6 +299,8 @@ class TestProgress(pl.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
         self.progress.update()
+        if self.progress.done >= self.progress.total:  # before the epoch-end scores
+            self.progress.finish()
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.progress.finish()

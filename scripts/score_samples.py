@@ -1,0 +1,107 @@
+"""Sample scores of finished runs in one or more feature spaces, at one sample count.
+
+    python scripts/score_samples.py RUN_DIR [RUN_DIR ...] --features inception classifier \\
+        --n 2000 --out experiments/inception_scores
+
+Each RUN_DIR is a genlab run folder (``checkpoints/best.ckpt``, else ``last.ckpt``, and
+``.hydra/config.yaml``; ``--ckpt last`` takes ``last.ckpt``). The checkpoint is loaded
+without Hydra, its data set built from the run's config, and the ``sample_scores``
+callback's own code scores ``--n`` samples against the first ``--n`` test images in each
+space: FID, KID, precision / recall / density / coverage, and cond_acc / recon_acc where
+they apply (the sampler variants such as the GANs' raw generator only with ``--variants``).
+Writes ``metrics_<name>.csv`` (one row of ``test/...`` values, as a run's CSV log has
+them) and ``config_<name>.yaml`` (the run's config) per run into ``--out``, so
+``genlab-report --out ...`` tables them with every feature space in its own columns, and
+``scores_<name>.json`` with the seconds each space took. ``<name>`` is the run folder's
+name unless ``--names`` gives one per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from omegaconf import OmegaConf
+
+from genlab.callbacks import SampleScores
+from genlab.checks import import_target
+from genlab.evaluate import load_run_config
+from genlab.train import build
+
+
+def score_run(
+    ckpt: Path, spaces: list[str], n: int, cache_dir: str, variants: bool, seed: int = 0
+) -> tuple[dict[str, float], dict[str, float], object]:
+    """({test/<score>: value}, {space: seconds}, the run's config) of one checkpoint."""
+    cfg = load_run_config(ckpt, [])
+    dm = build(cfg.data, "data")
+    dm.setup()
+    cls = import_target(cfg.model._target_)
+    model = cls.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    trainer = SimpleNamespace(
+        datamodule=dm, is_global_zero=True, global_rank=0, world_size=1, fast_dev_run=False
+    )
+    values: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for space in spaces:
+        cb = SampleScores(cache_dir=cache_dir, features=space, n_test=n, probes=False, seed=seed)
+        cb.num_classes = int(getattr(dm, "num_classes", 0) or 0)
+        if not variants:
+            cb.variants = lambda module, split: {}  # noqa: E731 - the main sampler only
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            values.update(cb.scores(trainer, model, "test"))
+        seconds[space] = round(time.perf_counter() - t0, 1)
+    return values, seconds, cfg
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--features", nargs="+", default=["inception", "classifier"])
+    p.add_argument("--n", type=int, default=2000, help="samples and test images")
+    p.add_argument("--ckpt", default="best", choices=["best", "last"])
+    p.add_argument("--names", nargs="*", help="one output name per run")
+    p.add_argument("--variants", action="store_true", help="also score sampler variants")
+    p.add_argument("--cache-dir", default=None, help="default: $GENLAB_CACHE or the run's")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    names = args.names or [r.name for r in args.runs]
+    if len(names) != len(args.runs):
+        p.error("--names needs one name per run")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for run, name in zip(args.runs, names, strict=True):
+        ckpt = run / "checkpoints" / f"{args.ckpt}.ckpt"
+        if not ckpt.is_file():
+            ckpt = run / "checkpoints" / "last.ckpt"
+        cache = args.cache_dir or str(
+            OmegaConf.select(OmegaConf.load(run / ".hydra" / "config.yaml"), "metrics.cache_dir")
+        )
+        values, seconds, cfg = score_run(ckpt, args.features, args.n, cache, args.variants)
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        row = {"epoch": saved.get("epoch", ""), "step": saved.get("global_step", ""), **values}
+        with open(args.out / f"metrics_{name}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer.writeheader()
+            writer.writerow(row)
+        OmegaConf.save(cfg, args.out / f"config_{name}.yaml")
+        info = {
+            "checkpoint": str(ckpt),
+            "n": args.n,
+            "seconds": seconds,
+            "threads": torch.get_num_threads(),
+            "scores": values,
+        }
+        (args.out / f"scores_{name}.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(json.dumps({"run": name, **seconds, **values}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
