@@ -3,6 +3,7 @@ space of the scores for data without labels."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -56,6 +57,18 @@ def test_class_folders_give_labels_and_decode_once(tmp_path, monkeypatch) -> Non
     again = ImageFolder(str(tmp_path / "pics"), size=16, channels=1)
     again.setup()
     assert torch.equal(again.splits["train"][0], dm.splits["train"][0])
+    # a cache file broken between runs (truncated) or holding another key: decoded again
+    good = caches[0].read_bytes()
+    for broken in (good[:100], torch.save.__name__.encode()):
+        caches[0].write_bytes(broken)
+        with pytest.raises(AssertionError, match="decoded again"):
+            ImageFolder(str(tmp_path / "pics"), size=16, channels=1).setup()
+    record = torch.load(io.BytesIO(good), weights_only=True)
+    record["key"] = {"name": "another.pt"}
+    torch.save(record, caches[0])
+    with pytest.raises(AssertionError, match="decoded again"):
+        ImageFolder(str(tmp_path / "pics"), size=16, channels=1).setup()
+    caches[0].write_bytes(good)
     # another file: another cache key, decoded again
     _write(tmp_path / "pics" / "owl" / "new.png", 1)
     with pytest.raises(AssertionError, match="decoded again"):

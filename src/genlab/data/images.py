@@ -100,25 +100,25 @@ def cache_locations(root: Path, name: str) -> list[Path]:
 
 
 def cached_tensors(
-    locations: Sequence[Path], build: Callable[[], dict[str, Tensor]]
+    locations: Sequence[Path], build: Callable[[], dict[str, Tensor]], key: dict | None = None
 ) -> dict[str, Tensor]:
-    """The tensors saved at the first readable location, else ``build()``'s, saved at the
-    first writable one (atomically: a concurrent reader never sees half a file)."""
+    """The tensors saved at the first readable location whose stored key equals ``key``
+    (default: the file name, which names the files' digest and the decoding settings),
+    else ``build()``'s, saved with the key at the first writable location (atomically: a
+    concurrent reader never sees half a file). A truncated, foreign or older file is
+    decoded again, never used."""
+    from genlab.cache import read_keyed, write_atomic
+
+    key = key if key is not None else {"name": Path(locations[0]).name}
     for path in locations:
-        if path.is_file():
-            try:
-                found = torch.load(path, map_location="cpu", weights_only=True)
-                log.info(f"Decoded images from the cache {path}")
-                return found
-            except Exception as e:  # noqa: BLE001 - truncated or foreign: decode again
-                log.warning(f"Unreadable image cache {path} ({type(e).__name__}): decoding again")
+        record = read_keyed(path, key, "Decoded-image cache")
+        if record is not None and isinstance(record.get("tensors"), dict):
+            log.info(f"Decoded images from the cache {path}")
+            return record["tensors"]
     tensors = build()
     for path in locations:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save(tensors, tmp)
-            tmp.replace(path)
+            write_atomic({"key": key, "tensors": tensors}, path)
             log.info(f"Cached the decoded images in {path}")
             break
         except OSError:
