@@ -103,13 +103,92 @@ def test_eval_faults_are_one_line(run_dir: Path, tmp_path: Path, capsys) -> None
         assert code == 2 and line.startswith("genlab: error:") and want in line, (args, line)
 
 
-def test_eval_takes_a_run_folder_even_with_old_setting_names(run_dir, tmp_path, capsys) -> None:
+def test_eval_takes_a_run_folder_even_with_old_setting_names(
+    run_dir, tmp_path, capsys, monkeypatch
+) -> None:
+    spy = _import_spy(tmp_path, monkeypatch)
     old = _copy_run(run_dir, tmp_path / "old")
     cfg = OmegaConf.load(old / ".hydra" / "config.yaml")
     cfg.model.net = {"arch": "genlab.nn.MLP", "hidden": cfg.model.net.hidden_sizes}
+    # A callback and a logger of the run's own choosing: eval.py builds neither, so it
+    # neither imports nor refuses them.
+    cfg.callbacks.early_stop = {"_target_": "spy_module.Callback", "patience": 3}
+    cfg.logger = {"extra": {"_target_": "spy_module.Logger"}}
     OmegaConf.save(cfg, old / ".hydra" / "config.yaml")  # as runs before the rename have it
     code, _ = _eval([f"ckpt_path={old}", "model.iwae_samples=4", "metrics.n_test=50"], capsys)
     assert code == 0 and (old / "checkpoints" / "eval_best" / "metrics.json").is_file()
+    assert not spy.exists()
+
+
+def _import_spy(tmp_path: Path, monkeypatch) -> Path:
+    """A module ``spy_module`` on sys.path that leaves a file behind when imported."""
+    marker = tmp_path / "imported"
+    pkg = tmp_path / "spy_path"
+    pkg.mkdir(exist_ok=True)
+    (pkg / "spy_module.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "class Thing:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(pkg))
+    sys.modules.pop("spy_module", None)
+    return marker
+
+
+def test_eval_runs_no_code_a_foreign_run_folder_names(run_dir, tmp_path, capsys, monkeypatch):
+    """Config targets, net factories and family tags outside genlab are refused by name
+    with one line, before anything is imported; ``trust=`` lets a package in."""
+    spy = _import_spy(tmp_path, monkeypatch)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+
+    def folder(name: str, cfg_edit=None, ckpt_edit=None) -> Path:
+        d = _copy_run(run_dir, tmp_path / name)
+        if cfg_edit:
+            cfg = OmegaConf.load(d / ".hydra" / "config.yaml")
+            cfg_edit(cfg)
+            OmegaConf.save(cfg, d / ".hydra" / "config.yaml")
+        if ckpt_edit:
+            c = {**saved, "hyper_parameters": dict(saved["hyper_parameters"])}
+            ckpt_edit(c)
+            torch.save(c, d / "checkpoints" / "last.ckpt")
+        return d / "checkpoints" / "last.ckpt"
+
+    def set_key(key: str, value):
+        return lambda cfg: OmegaConf.update(cfg, key, value, force_add=True)
+
+    def hp_arch(c):
+        c["hyper_parameters"]["net"] = {**c["hyper_parameters"]["net"], "arch": "spy_module.Thing"}
+
+    outside = "lies outside the trusted packages (genlab)"
+    cases = [
+        (folder("model", set_key("model._target_", "spy_module.Thing")), outside),
+        (folder("shell", set_key("model._target_", "os.system")), outside),
+        (folder("data", set_key("data._target_", "spy_module.Thing")), outside),
+        (folder("nested", set_key("data.extra", {"_target_": "spy_module.Thing"})), outside),
+        (folder("scores", set_key("callbacks.sample_scores._target_", "spy_module.T")), outside),
+        (folder("arch", set_key("model.net.arch", "spy_module.Thing")), outside),
+        (folder("ckpt_arch", ckpt_edit=hp_arch), outside),
+        (folder("dunder", set_key("model._target_", "genlab.__builtins__")), "private"),
+        (folder("interp", set_key("model._target_", "${oc.env:HOME}")), "not an import path"),
+        (folder("function", set_key("model._target_", "genlab.models.common.make_optimizer")),
+         "is not a LightningModule class"),
+        (folder("tag", ckpt_edit=lambda c: c.update(genlab_family="spy_module.Thing")),
+         "is a spy_module.Thing checkpoint, not genlab.models.vae.VAE"),
+    ]  # fmt: skip
+    for path, want in cases:
+        code, line = _eval([f"ckpt_path={path}"], capsys)
+        assert code == 2 and line.startswith("genlab: error:") and want in line, (path, line)
+    assert not spy.exists()  # nothing a file named was imported
+
+    # The same checkpoint without eval.py: Family.load_from_checkpoint refuses the factory.
+    from genlab.models import VAE
+
+    with pytest.raises(ConfigError, match="model.net.arch 'spy_module.Thing' lies outside"):
+        VAE.load_from_checkpoint(tmp_path / "ckpt_arch" / "checkpoints" / "last.ckpt")
+    assert not spy.exists()
+    # A package the user trusts is imported (and then judged as a class).
+    code, line = _eval([f"ckpt_path={cases[0][0]}", "trust=spy_module"], capsys)
+    assert code == 2 and "is not a LightningModule class" in line and spy.exists()
 
 
 def test_corrupt_caches_are_rebuilt(tmp_path: Path, caplog) -> None:
@@ -225,3 +304,22 @@ def test_corrupt_study_run_id_and_csv_log_are_handled(tmp_path: Path) -> None:
     logger.save()
     assert (tmp_path / "csv" / "metrics.csv.unreadable").is_file()
     assert "train/loss" in (tmp_path / "csv" / "metrics.csv").read_text()
+
+
+def test_family_tags_are_compared_by_name(tmp_path: Path) -> None:
+    from genlab.checkpoints import check_family
+    from genlab.errors import CheckpointError
+    from genlab.models import GAN, OGAN, VAE
+
+    path = tmp_path / "x.ckpt"
+    check_family({"genlab_family": "genlab.models.vae.VAE"}, VAE, path)
+    check_family({"genlab_family": "genlab.models.moved.VAE"}, VAE, path)  # moved in genlab
+    check_family({"genlab_family": "genlab.models.ogan.OGAN"}, GAN, path)  # a subclass
+    for tag, cls in [
+        ("genlab.models.gan.GAN", OGAN),  # a base class is not the subclass
+        ("other_pkg.vae.VAE", VAE),  # the same class name outside genlab
+        ("genlab.models.vae.AE", VAE),
+        (["genlab.models.vae.VAE"], VAE),
+    ]:
+        with pytest.raises(CheckpointError, match="checkpoint|class name"):
+            check_family({"genlab_family": tag}, cls, path)

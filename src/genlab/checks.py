@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from genlab.errors import ConfigError
+from genlab.trust import check_trusted, untrusted
 
 # ---- the vocabulary ------------------------------------------------------------------
 
@@ -310,6 +311,9 @@ def _check_spec(value: Any, spec: Spec) -> None:
     if not isinstance(value, Mapping):
         raise _Bad("a mapping")
     path = value.get(spec.key, spec.default)
+    reason = untrusted(path)
+    if reason:
+        raise _SpecError(spec.key, reason)
     try:
         cls = import_target(str(path))
     except ConfigError:
@@ -324,7 +328,9 @@ def _check_spec(value: Any, spec: Spec) -> None:
 
 
 def import_target(path: str) -> Any:
-    """The object an import path (``pkg.module.Name``) names; ConfigError if none."""
+    """The object an import path (``pkg.module.Name``) names; ConfigError if none (or,
+    inside ``genlab.trust.only_trusted``, if it lies outside the trusted packages)."""
+    check_trusted(path, "_target_")
     module, _, name = str(path).rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)

@@ -18,17 +18,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from genlab.paths import config_dir
+
 # Hydra flags after which genlab leaves the command line to Hydra (help, config printing).
 _PASS_THROUGH = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-p", "--package")
 _PATH_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")
 _MAX_SWEEP_CHECKS = 16
-
-
-def config_dir() -> str:
-    """genlab's config folder: env GENLAB_CONF, else the one shipped in the package
-    (``genlab/conf``; a checkout's top-level ``conf`` links to it)."""
-    env = os.environ.get("GENLAB_CONF")
-    return str(Path(env).resolve() if env else Path(__file__).resolve().parent / "conf")
 
 
 def search_dirs(args: list[str], conf: Path) -> list[Path] | None:

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from genlab.callbacks import ImageGrids, LatentTools, SampleScores, TestProgress
 from genlab.checkpoints import migrate_hparams, read_checkpoint
 from genlab.checks import check_accelerator, check_config, check_writable, import_target
 from genlab.errors import CheckpointError, ConfigError, GenlabError
+from genlab.trust import check_names, only_trusted
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +134,50 @@ def image_callbacks(cfg: DictConfig) -> tuple[ImageGrids, LatentTools]:
     )
 
 
-def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Test metrics of a checkpoint; writes metrics.json and grids; returns the metrics."""
+EVAL_CALLBACKS = ("sample_scores", "image_grids", "latent_tools")  # the ones eval.py builds
+
+
+def evaluate(
+    ckpt_path: str | Path, overrides: list[str] | None = None, trust: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Test metrics of a checkpoint; writes metrics.json and grids; returns the metrics.
+
+    The run folder and checkpoint may come from anyone: only classes of genlab, of the
+    ``trust`` packages (and ``$GENLAB_TRUSTED_PACKAGES``) and those genlab's configs name
+    are imported or built (``genlab.trust``)."""
+    with only_trusted(trust):
+        return _evaluate(ckpt_path, list(overrides or []))
+
+
+def check_run_classes(cfg: DictConfig, hparams: dict[str, Any]) -> None:
+    """Every class the config and the checkpoint's hyper-parameters name is trusted, and
+    the model and data targets are a LightningModule and a LightningDataModule class."""
+    check_names(OmegaConf.to_container(cfg, resolve=False), "")
+    check_names(hparams, "checkpoint hyper_parameters")
+    for key, base in (("model", pl.LightningModule), ("data", pl.LightningDataModule)):
+        target = cfg[key]._target_
+        cls = import_target(target)
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise ConfigError(f"{key}._target_={target!r} is not a {base.__name__} class")
+
+
+def _evaluate(ckpt_path: str | Path, overrides: list[str]) -> dict[str, Any]:
     from genlab.train import _tidy_console, build, family_config
 
     ckpt = find_checkpoint(ckpt_path)
-    overrides = list(overrides or [])
     cfg = load_run_config(ckpt, overrides)
-    check_config(cfg)
-    out_dir = ckpt.resolve().parent / f"eval_{ckpt.stem}"
-    check_writable(out_dir, "eval output folder")
+    # Only what eval.py builds is read: the run's loggers and other callbacks (its own
+    # choice of classes) are neither imported nor checked.
+    cfg.pop("logger", None)
+    if isinstance(cfg.get("callbacks"), DictConfig):
+        cfg.callbacks = {k: v for k, v in cfg.callbacks.items() if k in EVAL_CALLBACKS}
     saved = read_checkpoint(ckpt)  # weights_only loading; one line when unreadable
     if "state_dict" not in saved:
         raise CheckpointError(f"{ckpt} is not a Lightning checkpoint (it has no state_dict)")
+    check_run_classes(cfg, saved.get("hyper_parameters") or {})
+    check_config(cfg)
+    out_dir = ckpt.resolve().parent / f"eval_{ckpt.stem}"
+    check_writable(out_dir, "eval output folder")
     _tidy_console()
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = build(cfg.data, "data")
@@ -235,7 +268,10 @@ def table(metrics: dict[str, float], out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-USAGE = "usage: python eval.py ckpt_path=<run>/checkpoints/<name>.ckpt (or <run>) [key=value ...]"
+USAGE = (
+    "usage: python eval.py ckpt_path=<run>/checkpoints/<name>.ckpt (or <run>) [key=value ...]"
+    " [trust=<package>,...]"
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,8 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     if not ckpt:
         print(f"genlab: error: no ckpt_path=...; {USAGE}", file=sys.stderr)
         sys.exit(2)
+    trust = [p for a in args if a.startswith("trust=") for p in a[6:].strip("[]").split(",")]
+    rest = [a for a in args if not a.startswith(("ckpt_path=", "trust="))]
     try:
-        evaluate(ckpt[-1], [a for a in args if not a.startswith("ckpt_path=")])
+        evaluate(ckpt[-1], rest, trust=[p.strip() for p in trust if p.strip()])
     except GenlabError as e:
         print(f"genlab: {e.label}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -257,7 +257,7 @@ class Defaults:
     """The default model and data configs of each family / data set, composed once."""
 
     def __init__(self) -> None:
-        from genlab.cli import config_dir
+        from genlab.paths import config_dir
 
         self.conf = Path(config_dir())
         self.cache: dict[tuple[str, str], dict[str, Any]] = {}

@@ -109,14 +109,20 @@ class GenlabModule(pl.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):  # noqa: D102
+        """Lightning's loader with safe unpickling, the family checked by name, renamed
+        hyper-parameters migrated, and only classes of genlab, of ``cls``'s package and of
+        ``$GENLAB_TRUSTED_PACKAGES`` built (a checkpoint's ``net.arch`` can name any
+        factory)."""
         from genlab.checkpoints import check_family, migrated, read_checkpoint
+        from genlab.trust import only_trusted
 
-        if isinstance(checkpoint_path, (str, os.PathLike)):
-            ckpt = read_checkpoint(checkpoint_path)
-            check_family(ckpt, cls, checkpoint_path)
-            checkpoint_path = migrated(ckpt, checkpoint_path)
-        kwargs.setdefault("weights_only", True)
-        return super().load_from_checkpoint(checkpoint_path, map_location, **kwargs)
+        with only_trusted([cls.__module__.split(".")[0]]):
+            if isinstance(checkpoint_path, (str, os.PathLike)):
+                ckpt = read_checkpoint(checkpoint_path)
+                check_family(ckpt, cls, checkpoint_path)
+                checkpoint_path = migrated(ckpt, checkpoint_path)
+            kwargs.setdefault("weights_only", True)
+            return super().load_from_checkpoint(checkpoint_path, map_location, **kwargs)
 
 
 def make_optimizer(

@@ -20,6 +20,7 @@ from torch import nn
 
 from genlab.checks import ActivationName, NonNegativeInt, PositiveInt, check_args
 from genlab.errors import ConfigError
+from genlab.trust import check_trusted
 
 
 def _activation(name: str) -> nn.Module:
@@ -282,6 +283,7 @@ def build_net(spec: dict | None) -> Any:
     encoder / decoder factories (MLP, Conv, ResNet) or denoiser factories (UNet, TimeMLP)."""
     spec = dict(spec or {"arch": "genlab.nn.MLP"})
     path = spec.pop("arch", "genlab.nn.MLP")
+    check_trusted(path, "model.net.arch")  # a checkpoint's hparams can name any factory
     module, _, name = str(path).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
