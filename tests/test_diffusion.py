@@ -13,7 +13,12 @@ from torch import nn
 
 from genlab.errors import ConfigError
 from genlab.models import DDPM, FlowMatching
-from genlab.models.ddpm import beta_schedule, discretized_gaussian_log_likelihood
+from genlab.nn.diffusion import (
+    GaussianDiffusion,
+    beta_schedule,
+    discretized_gaussian_log_likelihood,
+)
+from genlab.nn.flow_matching import divergence
 from genlab.nn.ode import odeint
 from genlab.nn.unet import UNet
 from genlab.train import train
@@ -30,11 +35,11 @@ def test_forward_marginal_matches_its_closed_form(schedule: str) -> None:
     """Running the Markov chain x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) eps step by
     step gives q(x_i | x_0) = N(sqrt(abar_i) x_0, 1 - abar_i)."""
     torch.manual_seed(0)
-    m = DDPM((3,), net=MLP_NET, timesteps=50, schedule=schedule, ema_decay=0.0)
+    m = GaussianDiffusion(50, schedule)  # plain tensor code: no LightningModule needed
     x0 = torch.tensor([0.7, -0.3, 0.0]).expand(20000, 3)
     x = x0.clone()
     for i in range(50):
-        b = m.betas[i]
+        b = m.noise_betas[i]
         x = (1 - b).sqrt() * x + b.sqrt() * torch.randn_like(x)
         if i in (0, 9, 49):
             a = m.abar[i]
@@ -68,9 +73,8 @@ def test_ddpm_bound_matches_brute_force_on_a_linear_gaussian_model() -> None:
     torch.manual_seed(0)
     T = 6
     m = DDPM((1,), net=MLP_NET, timesteps=T, schedule="cosine", ema_decay=0.0).double()
-    for k in ("betas", "abar", "abar_prev", "post_logvar", "model_logvar", "post_coef_x0",
-              "post_coef_xt"):  # fmt: skip
-        setattr(m, k, getattr(m, k).double())
+    d = m.diffusion  # the schedule constants follow the module's dtype
+    assert d.abar.dtype == d.post_coef_xt.dtype == torch.float64
     a, c = torch.linspace(0.3, 0.9, T).double(), torch.linspace(-0.1, 0.2, T).double()
     m.denoiser = _LinearEps(a, c, T)
     m.eval()
@@ -81,7 +85,7 @@ def test_ddpm_bound_matches_brute_force_on_a_linear_gaussian_model() -> None:
     exact, se_exact = full.mean().item(), full.std().item() / math.sqrt(n)
 
     x0s = x0.expand(n, 1)
-    b = m.betas
+    b = d.noise_betas
     xs = [x0s]
     for i in range(T):  # the forward chain
         xs.append((1 - b[i]).sqrt() * xs[-1] + b[i].sqrt() * torch.randn(n, 1, dtype=torch.float64))
@@ -94,8 +98,8 @@ def test_ddpm_bound_matches_brute_force_on_a_linear_gaussian_model() -> None:
     for i in range(T):  # p(x_i | x_{i+1}) with timestep index i: x_{i+1} is the paper's x_{t}
         it = torch.full((n,), i)
         xt = xs[i + 1]
-        mean = m.posterior_mean(m.x0_of(xt, it, m.eps_of(xt, it)), xt, it)
-        log_p = log_p + log_normal(xs[i], mean, m.model_logvar[i].exp())
+        mean = d.posterior_mean(d.x0_from_eps(xt, it, m.eps_of(xt, it)), xt, it)
+        log_p = log_p + log_normal(xs[i], mean, d.model_logvar[i].exp())
     brute = (log_q - log_p).mean().item()
     se = (log_q - log_p).std().item() / math.sqrt(n)
     assert abs(brute - exact) < 4 * math.hypot(se, se_exact), (brute, exact, se)
@@ -121,14 +125,14 @@ def test_flow_matching_path_interpolates_and_its_velocity_is_the_derivative() ->
     m = FlowMatching((2, 3), net=MLP_NET, sigma_min=0.01, ema_decay=0.0)
     x0, x1 = torch.randn(5, 2, 3), torch.randn(5, 2, 3)
     zero, one = torch.zeros(5), torch.ones(5)
-    assert torch.allclose(m.path_point(x0, x1, zero), x0)
-    assert torch.allclose(m.path_point(x0, x1, one), x1 + 0.01 * x0)
+    assert torch.allclose(m.path.point(x0, x1, zero), x0)
+    assert torch.allclose(m.path.point(x0, x1, one), x1 + 0.01 * x0)
     t, h = torch.rand(5).double(), 1e-6
     x0, x1 = x0.double(), x1.double()
-    fd = (m.path_point(x0, x1, t + h) - m.path_point(x0, x1, t - h)) / (2 * h)
-    assert torch.allclose(fd, m.target_velocity(x0, x1), atol=1e-6)
+    fd = (m.path.point(x0, x1, t + h) - m.path.point(x0, x1, t - h)) / (2 * h)
+    assert torch.allclose(fd, m.path.velocity(x0, x1), atol=1e-6)
     rect = FlowMatching((2, 3), net=MLP_NET, path="rectified", ema_decay=0.0)
-    assert torch.allclose(rect.path_point(x0, x1, one.double()), x1)
+    assert torch.allclose(rect.path.point(x0, x1, one.double()), x1)
 
 
 class _LinearField(nn.Module):
@@ -165,8 +169,8 @@ def test_hutchinson_divergence_is_unbiased() -> None:
     field = lambda u, t: m.velocity(u, t)  # noqa: E731
     x = torch.randn(20000, 1, 4, 4).double()
     probe = torch.randint(0, 2, x.shape).double() * 2 - 1
-    _, est = m.divergence(field, x, torch.zeros(()).double(), probe)
-    _, exact = m.divergence(field, x[:3], torch.zeros(()).double(), None)
+    _, est = divergence(field, x, torch.zeros(()).double(), probe)
+    _, exact = divergence(field, x[:3], torch.zeros(()).double(), None)
     assert torch.allclose(exact, torch.trace(A).expand(3))
     assert est.std() > 1  # a noisy estimate ...
     assert abs(est.mean() - torch.trace(A)) < 4 * est.std() / math.sqrt(len(est))  # ... unbiased

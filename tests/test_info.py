@@ -242,3 +242,26 @@ def test_random_shift_translates_each_image_within_the_range() -> None:
         offsets.add(match[0])
     assert len(offsets) > 4  # each image draws its own offset
     assert torch.equal(random_shift(x, 0), x)
+
+
+def test_vib_reads_checkpoints_of_its_earlier_averaged_model(tmp_path: Path) -> None:
+    """VIB checkpoints written with torch's AveragedModel (``ema.module.*``,
+    ``ema.n_averaged``) load into genlab's average with the same evaluated weights."""
+    model = tiny_vib(1e-3)
+    with torch.no_grad():
+        for p in model.ema.parameters():
+            p.add_(torch.randn_like(p))  # an average that differs from the raw weights
+    model.ema_count.fill_(7)
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("ema.net."):
+            k = "ema.module." + k.removeprefix("ema.net.")
+        state["ema.n_averaged" if k == "ema_count" else k] = v
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": "2.5.0"}, path)  # fmt: skip
+    again = VIB.load_from_checkpoint(path).eval()
+    x = again.preprocess(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8))
+    assert torch.equal(again.encode(x), model.eval().encode(x))
+    assert not torch.allclose(again.encode(x), again.posterior(x, again.net)[0])
+    assert int(again.ema_count) == 7

@@ -91,7 +91,7 @@ class AAE(UnitImageCodec, GAN):
 
     def decode(self, z: Tensor) -> Tensor:
         """(B, d) -> logits (B, *data_shape)."""
-        return self.net("decoder")(z)
+        return self.active_net("decoder")(z)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

@@ -117,11 +117,11 @@ class ALI(GAN):
 
     def encode(self, x: Tensor) -> Tensor:
         """The mean of q(z|x) (E(x) for a deterministic encoder): (B, latent_dim)."""
-        return self.net("encoder")(x)[:, : self.hparams.latent_dim]
+        return self.active_net("encoder")(x)[:, : self.hparams.latent_dim]
 
     def encode_sample(self, x: Tensor) -> Tensor:
         """z ~ q(z|x) = N(mu, sigma^2), reparameterised: (B, latent_dim)."""
-        out = self.net("encoder")(x)
+        out = self.active_net("encoder")(x)
         if not self.hparams.stochastic_encoder:
             return out
         mu, log_sigma = out.chunk(2, dim=1)

@@ -69,7 +69,7 @@ class IterativeSampler(AveragedNets, GenlabModule):
         """The net's output at x (B, *data_shape), time t (B,) on [0, TIME_SCALE], labels
         y (B,) or None; conditional models with guidance w > 0 return
         (1 + w) f(x, t, y) - w f(x, t, null) (Ho & Salimans 2022). EMA in eval mode."""
-        net = self.net("denoiser")
+        net = self.active_net("denoiser")
         if not self.hparams.conditional:
             return net(x, t)
         if y is None:

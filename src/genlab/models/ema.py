@@ -38,7 +38,7 @@ class AveragedNets:
             self.ema = nn.ModuleDict(nets).requires_grad_(False)
             self.register_buffer("ema_count", torch.zeros((), dtype=torch.long))
 
-    def net(self, name: str) -> nn.Module:
+    def active_net(self, name: str) -> nn.Module:
         """The net ``name`` to run: its EMA copy in evaluation mode (unless inside
         :meth:`raw_weights`), the trained one otherwise."""
         if self.use_ema and not self.training and name in self.ema:

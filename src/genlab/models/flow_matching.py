@@ -20,12 +20,12 @@ for images. Images are uniformly dequantised, x = 2 (k + u) / 256 - 1, and
 
 (D ln 2: the scaling from [0, 1] to [-1, 1]), the flows' bits/dim of the 8-bit data.
 The likelihood costs one ODE solve with a backward pass per function evaluation: it runs
-at test time on the first ``bpd_max_images`` test images.
+at test time on the first ``bpd_max_images`` test images. The path, the divergence and
+the ODE likelihood are plain tensor code in ``genlab.nn.flow_matching``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -47,6 +47,7 @@ from genlab.data.transforms import dequantize, eval_generator
 from genlab.errors import ConfigError
 from genlab.models.denoising import TIME_SCALE, IterativeSampler, frame_steps
 from genlab.models.gan import Betas, Decay
+from genlab.nn.flow_matching import OTPath, dequantized_bits_per_dim, ode_log_likelihood
 from genlab.nn.ode import SOLVERS, Solver, odeint
 
 Path = Literal["ot", "rectified"]
@@ -88,23 +89,14 @@ class FlowMatching(IterativeSampler):
             raise ConfigError(f"model.sigma_min={sigma_min} must be below 1")
         self.save_hyperparameters(logger=False)
         self.setup_denoiser(data_shape, num_classes, net, conditional)
-        self.sigma = 0.0 if path == "rectified" else float(sigma_min)
+        self.path = OTPath(0.0 if path == "rectified" else sigma_min)
 
     # ---- data space -------------------------------------------------------------------
     def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """uint8 images -> dequantised [-1, 1]: 2 (k + u) / 256 - 1; float data as they are."""
         return 2 * dequantize(x, generator) - 1 if x.dtype == torch.uint8 else x.float()
 
-    # ---- the probability path ---------------------------------------------------------
-    def path_point(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
-        """x_t on the conditional path from noise x0 to data x1, t (B,) in [0, 1]."""
-        t = t.view(-1, *[1] * (x0.dim() - 1))
-        return (1 - (1 - self.sigma) * t) * x0 + t * x1
-
-    def target_velocity(self, x0: Tensor, x1: Tensor) -> Tensor:
-        """u_t = d x_t / dt = x1 - (1 - sigma_min) x0 (constant along the path)."""
-        return x1 - (1 - self.sigma) * x0
-
+    # ---- the velocity field ------------------------------------------------------------
     def velocity(self, x: Tensor, t: Tensor, y: Tensor | None = None, **kw) -> Tensor:
         """v(x, t) for t (B,) or a scalar in [0, 1]."""
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
@@ -114,26 +106,11 @@ class FlowMatching(IterativeSampler):
     def _loss(self, x1: Tensor, y: Tensor | None, g: torch.Generator | None) -> Tensor:
         x0 = torch.randn(x1.shape, generator=g, device=x1.device)
         t = torch.rand(x1.shape[0], generator=g, device=x1.device)
-        v = self.velocity(self.path_point(x0, x1, t), t, y, guidance=0.0)
-        return F.mse_loss(v, self.target_velocity(x0, x1))
+        v = self.velocity(self.path.point(x0, x1, t), t, y, guidance=0.0)
+        return F.mse_loss(v, self.path.velocity(x0, x1))
 
     def train_terms(self, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
         return {"loss": self._loss(x, y, None)}
-
-    def divergence(self, f, x: Tensor, t: Tensor, probe: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(v, div v) at x: exact (one backward pass per dimension) when probe is None,
-        else Hutchinson's probe^T (dv/dx) probe. Called with gradients enabled."""
-        x = x.detach().requires_grad_(True)
-        v = f(x, t)
-        if probe is not None:
-            (vjp,) = torch.autograd.grad((v * probe).sum(), x)
-            return v.detach(), (vjp * probe).flatten(1).sum(1)
-        flat = v.flatten(1)
-        div = torch.zeros(x.shape[0], device=x.device)
-        for d in range(flat.shape[1]):
-            (g,) = torch.autograd.grad(flat[:, d].sum(), x, retain_graph=d < flat.shape[1] - 1)
-            div = div + g.flatten(1)[:, d]
-        return v.detach(), div
 
     def log_prob(
         self,
@@ -148,39 +125,20 @@ class FlowMatching(IterativeSampler):
         h = self.hparams
         if exact is None:
             exact = self.dim <= h.exact_divergence_max_dim
-        # Autograd inside a test / no-grad pass: inference tensors are cloned into
-        # normal ones first (they cannot be saved for backward).
-        with torch.inference_mode(False), torch.enable_grad():
-            x = x.detach().clone()
+        with torch.inference_mode(False):  # labels used under autograd: normal tensors
             y = None if y is None else y.clone()
-            probe = None
-            if not exact:  # Rademacher +-1, fixed along the path
-                probe = torch.randint(0, 2, x.shape, generator=generator, device=x.device)
-                probe = probe.to(x.dtype) * 2 - 1
-            field = lambda u, t: self.velocity(u, t, y)  # noqa: E731
-
-            def f(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-                return self.divergence(field, state[0], t, probe)
-
-            state = (x, torch.zeros(x.shape[0], device=x.device))
-            (z, delta), _ = odeint(
-                f,
-                state,
-                1.0,
-                0.0,
-                solver=h.likelihood_solver,
-                steps=h.likelihood_steps,
-                rtol=h.ode_tolerance,
-                atol=h.ode_tolerance,
-                progress=f"ODE likelihood of {x.shape[0]} examples",
-            )
-        prior = -0.5 * z.pow(2).flatten(1).sum(1) - 0.5 * self.dim * math.log(2 * math.pi)
-        return (prior + delta).detach()
+        probe = None
+        if not exact:  # Rademacher +-1, fixed along the path
+            probe = torch.randint(0, 2, x.shape, generator=generator, device=x.device)
+            probe = probe.to(x.dtype) * 2 - 1
+        return ode_log_likelihood(
+            lambda u, t: self.velocity(u, t, y), x, probe, h.likelihood_solver,
+            h.likelihood_steps, h.ode_tolerance, f"ODE likelihood of {x.shape[0]} examples",
+        )  # fmt: skip
 
     def bits_per_dim(self, loglik: Tensor) -> Tensor:
         """bpd of the 8-bit data from log p of its dequantised [-1, 1] version."""
-        d = self.dim
-        return (-loglik - d * math.log(2) + d * math.log(256)) / (d * math.log(2))
+        return dequantized_bits_per_dim(loglik, self.dim)
 
     @torch.no_grad()
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:

@@ -256,7 +256,7 @@ class GAN(AveragedNets, GenlabModule):
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """G(z) (G(z, y) when conditional): (B, latent_dim) -> (B, *data_shape)."""
-        g = self.net("generator")
+        g = self.active_net("generator")
         return g(z, self._labels(y, z.shape[0])) if self.hparams.conditional else g(z)
 
     def _labels(self, y: Tensor | int | None, n: int) -> Tensor:

@@ -11,7 +11,8 @@ regression) decoder z -> p(y|z). Per example, in nats, averaged over the batch:
 
 ``error`` is the test error of one z draw; ``error_avg`` (test time) that of the softmax
 averaged over ``test_samples`` draws (12 in the paper). Evaluation uses an exponential
-moving average of the weights (``ema_decay``; the paper's Polyak averaging, 0.999).
+moving average of the weights (``ema_decay``; the paper's Polyak averaging, 0.999), with
+the warm-up every genlab average has (``AveragedNets``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from genlab.checks import (
     NetSpec,
@@ -37,14 +37,16 @@ from genlab.data.transforms import eval_generator, to_unit
 from genlab.errors import ConfigError
 from genlab.metrics import gaussian_kl
 from genlab.models.common import GenlabModule, adam_betas, make_optimizer
+from genlab.models.ema import AveragedNets
 from genlab.models.gan import Betas
 from genlab.nn import build_net
 
 
-class VIB(GenlabModule):
+class VIB(AveragedNets, GenlabModule):
     """Classifier with a Gaussian code penalised by beta * KL(q(z|x) || N(0, I))."""
 
     uses_labels = True  # trained with the labels: probe tables mark it
+    ema_of = ("net",)  # the averaged copy (ema.net) is what every evaluation uses
 
     def __init__(
         self,
@@ -78,20 +80,14 @@ class VIB(GenlabModule):
                 "decoder": nn.Linear(latent_dim, num_classes),  # logits of p(y|z)
             }
         )
-        # The averaged copy: never optimised, used by every evaluation (and saved).
-        self.ema = None
-        if ema_decay > 0:
-            self.ema = AveragedModel(
-                self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
-            )
-            self.ema.requires_grad_(False)
+        self.build_ema()
         # H(Y) in nats: the training labels' entropy once fit starts (uniform until then).
         self.register_buffer("label_entropy", torch.tensor(math.log(num_classes)))
 
     # ---- the model --------------------------------------------------------------------
     def eval_net(self) -> nn.ModuleDict:
-        """The weights evaluation uses: the moving average when there is one."""
-        return self.ema.module if self.ema is not None else self.net
+        """The weights evaluation uses: the moving average in evaluation mode."""
+        return self.active_net("net")
 
     def preprocess(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """uint8 images -> [0, 1]; float data pass as they are."""
@@ -144,8 +140,18 @@ class VIB(GenlabModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.ema is not None:
-            self.ema.update_parameters(self.net)
+        if self.use_ema:
+            self.update_ema()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """VIB checkpoints from before genlab's own average kept torch's AveragedModel
+        (``ema.module.*``, ``ema.n_averaged``): read them as ``ema.net.*`` / ``ema_count``."""
+        state = checkpoint.get("state_dict", {})
+        for k in [k for k in state if k.startswith("ema.module.")]:
+            state["ema.net." + k.removeprefix("ema.module.")] = state.pop(k)
+        if "ema.n_averaged" in state:
+            state["ema_count"] = state.pop("ema.n_averaged").long().reshape(())
+        self.migrate_ema_state(checkpoint)
 
     @torch.no_grad()
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
