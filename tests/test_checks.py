@@ -20,7 +20,7 @@ RUNNER_KEYS = {"_target_", "monitor", "monitor_mode"}
 
 
 def _typed(cls: Any, key: str) -> bool:
-    from genlab.checks import _override
+    from genlab.checks.signatures import _override
 
     _, hints, _ = signature_of(cls)
     tp = _override(cls, key, hints.get(key, Any))
@@ -178,7 +178,8 @@ def test_interpolated_values_are_reported_under_the_key_the_user_writes(tmp_path
 
 
 def test_check_value_kinds() -> None:
-    from genlab.checks import PositiveInt, UnitInterval, _Bad
+    from genlab.checks import PositiveInt, UnitInterval
+    from genlab.checks.types import _Bad
 
     check_value(3, PositiveInt)
     check_value(0.5, UnitInterval)

@@ -276,7 +276,7 @@ def test_ema_survives_resume_and_reload(make_cfg, tmp_path) -> None:
 
 
 def test_langevin_samples_a_known_gaussian() -> None:
-    from genlab.models.gan import langevin
+    from genlab.nn.langevin import langevin
 
     mu, sigma = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 2.0])
 

@@ -14,15 +14,17 @@ streams), so runs of nets with dropout (the U-Net's) match only in distribution.
 from __future__ import annotations
 
 import logging
+import typing
 
 import torch
 from torch import nn
 
+from genlab.checks.types import CompileMode
 from genlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MODES: tuple[str, ...] = typing.get_args(CompileMode)
 
 
 def check_mode(mode: str) -> None:

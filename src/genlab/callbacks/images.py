@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor, nn
 from torchvision.utils import save_image
 
-from genlab.callbacks import views
+import genlab.callbacks.views as views
 from genlab.callbacks.training import is_due
 from genlab.checks import NonNegativeInt, PositiveInt, Seed, check_args
 

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.checks import (
+    Betas,
+    Decay,
     NetSpec,
     NonNegativeFloat,
     NonNegativeInt,
@@ -32,7 +34,7 @@ from genlab.checks import (
 )
 from genlab.errors import ConfigError, require_images
 from genlab.models.common import UnitImageCodec
-from genlab.models.gan import GAN, Betas, Decay, Loss, UpdateRule
+from genlab.models.gan import GAN, Loss, UpdateRule
 from genlab.nn import MLP, Conv
 
 

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from genlab.checks import (
+    Betas,
+    Decay,
     NetSpec,
     NonNegativeFloat,
     NonNegativeInt,
@@ -42,7 +44,7 @@ from genlab.checks import (
     check_args,
 )
 from genlab.errors import ConfigError
-from genlab.models.gan import GAN, Betas, Decay, Loss, UpdateRule
+from genlab.models.gan import GAN, Loss, UpdateRule
 from genlab.nn import MLP, Conv
 
 

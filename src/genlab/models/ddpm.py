@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 
 from genlab.checks import (
+    Betas,
+    Decay,
     NetSpec,
     NonNegativeFloat,
     NonNegativeInt,
@@ -40,7 +42,6 @@ from genlab.checks import (
 )
 from genlab.data.transforms import eval_generator, to_symmetric
 from genlab.models.denoising import TIME_SCALE, IterativeSampler, frame_steps
-from genlab.models.gan import Betas, Decay
 from genlab.nn.diffusion import EpsModel, GaussianDiffusion, Sampler, Schedule, Variance
 
 

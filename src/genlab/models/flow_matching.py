@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genlab.checks import (
+    Betas,
+    Decay,
     NetSpec,
     NonNegativeFloat,
     NonNegativeInt,
@@ -46,7 +48,6 @@ from genlab.checks import (
 from genlab.data.transforms import dequantize, eval_generator
 from genlab.errors import ConfigError
 from genlab.models.denoising import TIME_SCALE, IterativeSampler, frame_steps
-from genlab.models.gan import Betas, Decay
 from genlab.nn.flow_matching import OTPath, dequantized_bits_per_dim, ode_log_likelihood
 from genlab.nn.ode import SOLVERS, Solver, odeint
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +38,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from genlab.checks import (
+    Betas,
+    Decay,
     NetSpec,
     NonNegativeFloat,
     NonNegativeInt,
     OptimizerName,
     PositiveFloat,
     PositiveInt,
-    Range,
     check_args,
 )
 from genlab.data.transforms import eval_generator, to_symmetric
@@ -52,61 +53,12 @@ from genlab.errors import ConfigError
 from genlab.models.common import GenlabModule, adam_betas, make_optimizer
 from genlab.models.ema import AveragedNets
 from genlab.nn import MLP, Conv, build_net
+from genlab.nn.conditional import ConditionalGenerator, ProjectionCritic
+from genlab.nn.langevin import langevin
 
 Loss = Literal["wgan_gp", "hinge", "nonsaturating"]
 UpdateRule = Literal["alternating", "single_step"]
-Betas = tuple[NonNegativeFloat, NonNegativeFloat]
-Decay = Annotated[float, Range(ge=0, lt=1)]
 PROJECTION_WIDTH = 128  # phi(x) of the conditional critic (SNGAN's projection: the last width)
-
-
-def langevin(
-    energy: Callable[[Tensor], Tensor],
-    z: Tensor,
-    steps: int,
-    step_size: float,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Unadjusted Langevin dynamics on ``energy`` (z (B, d) -> (B,)):
-    z <- z - (eps / 2) grad E(z) + sqrt(eps) * N(0, I), ``steps`` times; samples approach
-    p(z) ~ exp(-E(z)) as eps -> 0 and steps grow. Runs with gradients even when called
-    under ``no_grad`` / inference mode; returns a detached (B, d) tensor."""
-    with torch.inference_mode(False), torch.enable_grad():
-        z = z.detach().clone()
-        for _ in range(steps):
-            z.requires_grad_(True)
-            (grad,) = torch.autograd.grad(energy(z).sum(), z)
-            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            z = (z - 0.5 * step_size * grad + step_size**0.5 * noise).detach()
-    return z
-
-
-class ConditionalGenerator(nn.Module):
-    """G(z, y) = net([z, embed(y)]): (B, d), (B,) labels -> (B, *data_shape)."""
-
-    def __init__(self, net: nn.Module, num_classes: int, embed_dim: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(num_classes, embed_dim)
-        self.net = net
-
-    def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        return self.net(torch.cat([z, self.embed(y)], 1))
-
-
-class ProjectionCritic(nn.Module):
-    """D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018), phi(x) =
-    act(features(x)): (B, *data_shape), (B,) labels -> (B, 1)."""
-
-    def __init__(self, features: nn.Module, width: int, num_classes: int, sn: bool) -> None:
-        super().__init__()
-        wrap = nn.utils.parametrizations.spectral_norm if sn else (lambda m: m)
-        self.features = nn.Sequential(features, nn.LeakyReLU(0.2))
-        self.psi = wrap(nn.Linear(width, 1))
-        self.embed = wrap(nn.Embedding(num_classes, width))
-
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        phi = self.features(x)  # (B, width)
-        return self.psi(phi) + (self.embed(y) * phi).sum(1, keepdim=True)
 
 
 class GAN(AveragedNets, GenlabModule):

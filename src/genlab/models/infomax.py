@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.checks import (
+    Betas,
     NonNegativeFloat,
     NonNegativeInt,
     OptimizerName,
@@ -41,7 +42,6 @@ from genlab.data.transforms import to_symmetric
 from genlab.errors import ConfigError, require_images
 from genlab.metrics.mutual_info import Estimator, mi_lower_bound
 from genlab.models.common import GenlabModule, adam_betas, make_optimizer
-from genlab.models.gan import Betas
 
 
 class _Embed(nn.Module):

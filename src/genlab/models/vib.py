@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.checks import (
+    Betas,
     NetSpec,
     NonNegativeFloat,
     OptimizerName,
@@ -38,7 +39,6 @@ from genlab.errors import ConfigError
 from genlab.metrics import gaussian_kl
 from genlab.models.common import GenlabModule, adam_betas, make_optimizer
 from genlab.models.ema import AveragedNets
-from genlab.models.gan import Betas
 from genlab.nn import build_net
 
 
