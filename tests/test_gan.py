@@ -68,7 +68,7 @@ def test_single_step_gradients_equal_the_alternating_losses(cls, loss: str) -> N
     # Without the stop-gradients the same sum would push D by G's loss too.
     torch.manual_seed(1)
     d_real, d_fake = model.d_inputs(real, z)
-    naive = model.d_objective(_detach(d_real), _detach(d_fake), z)["d_loss"] + model.fool(
+    naive = model.d_objective(_detach(d_real), _detach(d_fake), z)["d_loss"] + model.generator_loss(
         model.score(model.discriminate(d_fake))
     )
     naive_d = _flat(torch.autograd.grad(naive, d_params))

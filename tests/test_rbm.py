@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genlab.nn.rbm import (
-    RBM,
+    RBMLayer,
     ais_betas,
     ais_log_partition,
     exact_log_partition,
@@ -24,9 +24,9 @@ def _states(n: int) -> torch.Tensor:
     return ((codes[:, None] >> torch.arange(n)) & 1).double()
 
 
-def _tiny(V: int = 6, H: int = 4, seed: int = 0, scale: float = 1.0) -> RBM:
+def _tiny(V: int = 6, H: int = 4, seed: int = 0, scale: float = 1.0) -> RBMLayer:
     torch.manual_seed(seed)
-    rbm = RBM(V, H).double()
+    rbm = RBMLayer(V, H).double()
     with torch.no_grad():
         rbm.W.normal_(0, scale)
         rbm.b.normal_(0, scale)
@@ -44,7 +44,7 @@ def test_free_energy_is_minus_log_sum_over_hidden_states() -> None:
 
 def test_gaussian_hidden_free_energy_matches_numerical_integral() -> None:
     torch.manual_seed(1)
-    rbm = RBM(3, 1, gaussian_hidden=True).double()
+    rbm = RBMLayer(3, 1, gaussian_hidden=True).double()
     with torch.no_grad():
         rbm.W.normal_(0, 1.0), rbm.b.normal_(0, 1.0), rbm.c.normal_(0, 1.0)
     v = torch.tensor([[1.0, 0.0, 1.0]], dtype=torch.float64)
@@ -98,7 +98,7 @@ def test_cd_gradient_with_long_chains_equals_the_exact_gradient() -> None:
 
 def test_ais_matches_exact_log_partition() -> None:
     torch.manual_seed(0)
-    rbm = RBM(64, 12)  # digits-sized visible layer, 2^12 hidden states to enumerate
+    rbm = RBMLayer(64, 12)  # digits-sized visible layer, 2^12 hidden states to enumerate
     with torch.no_grad():
         rbm.W.normal_(0, 0.3)
         rbm.b.normal_(-1, 0.5)

@@ -460,12 +460,12 @@ def test_long_computations_say_how_far_they_are(monkeypatch, caplog) -> None:
     time left (here with the thresholds at 0 s, so every step speaks)."""
     import genlab.progress as progress
     from genlab.nn.ode import odeint
-    from genlab.nn.rbm import RBM, ais_log_partition, scaled_betas
+    from genlab.nn.rbm import RBMLayer, ais_log_partition, scaled_betas
 
     monkeypatch.setattr(progress, "FIRST_AFTER", 0.0)
     monkeypatch.setattr(progress, "EVERY", 0.0)
     with caplog.at_level(logging.INFO, logger="genlab.progress"):
-        ais_log_partition(RBM(6, 4), torch.zeros(6), scaled_betas(20), runs=10)
+        ais_log_partition(RBMLayer(6, 4), torch.zeros(6), scaled_betas(20), runs=10)
         odeint(lambda t, y: -y, torch.ones(3), 0.0, 1.0, "heun", 4, progress="ODE test")
     lines = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("AIS log Z (10 chains): ") and "left" in m for m in lines), lines

@@ -27,9 +27,9 @@ def is_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
 def check_logged(trainer: pl.Trainer, pl_module: pl.LightningModule, metric: str, key: str) -> None:
     """Raise ConfigError unless ``metric`` was logged by now (after the sanity check or a
     validation) or will be by a callback that logs later (SampleScores' FID) or by a
-    model whose later stages log it (``pl_module.later_metrics()``, e.g. the DBN's
+    model whose later stages log it (``pl_module.metrics_of_later_stages()``, e.g. the DBN's
     fine-tuning loss)."""
-    later: set[str] = set(getattr(pl_module, "later_metrics", set)())
+    later: set[str] = set(getattr(pl_module, "metrics_of_later_stages", set)())
     for cb in trainer.callbacks:
         if hasattr(cb, "metric_names"):
             later |= cb.metric_names(pl_module, "val")

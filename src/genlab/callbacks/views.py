@@ -17,11 +17,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
+from genlab.data.transforms import model_images
+
 
 def to_image(model: nn.Module, x: Tensor, min_size: int = 0) -> Tensor:
     """Model space -> [0, 1] images; tiny ones (8x8 digits) are upscaled, nearest
     neighbour, to at least ``min_size`` pixels a side to stay legible."""
-    x = getattr(model, "to_image", lambda t: t.clamp(0, 1))(x).float()
+    x = model_images(model, x)
     scale = math.ceil(min_size / x.shape[-1])
     return nn.functional.interpolate(x, scale_factor=scale) if scale > 1 else x
 

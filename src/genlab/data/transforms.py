@@ -24,6 +24,23 @@ def to_symmetric(x: Tensor) -> Tensor:
     return x.float() / 127.5 - 1.0
 
 
+def unit_image(x: Tensor) -> Tensor:
+    """A [0, 1] model's output -> image in [0, 1] (clamped), the inverse of to_unit."""
+    return x.clamp(0, 1)
+
+
+def symmetric_image(x: Tensor) -> Tensor:
+    """A [-1, 1] model's output -> image in [0, 1] (clamped), the inverse of to_symmetric."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def model_images(model: object, x: Tensor) -> Tensor:
+    """A model's output -> float images in [0, 1]: its ``to_image`` (GANs and diffusion
+    map [-1, 1]), else ``unit_image``. What grids, FID and cond_acc all see."""
+    to_image = getattr(model, "to_image", None)
+    return (to_image(x) if to_image is not None else unit_image(x)).float()
+
+
 def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Dynamic binarisation: each pixel ~ Bernoulli(x / 255), a fresh draw per call.
 

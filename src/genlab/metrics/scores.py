@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from genlab.data.transforms import model_images
+
 SAMPLE_CHUNK = 500  # images per sampler call; chunk k's noise is seeded by (seed, k)
 
 
@@ -53,11 +55,7 @@ def chunk_generator(device: torch.device, seed: int, k: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
 
 
-def to_images(model: nn.Module, x: Tensor) -> Tensor:
-    """A sampler's output -> images in [0, 1] (float), the model's ``to_image`` (GANs and
-    diffusion map [-1, 1]), else a clamp."""
-    to_image = getattr(model, "to_image", None)
-    return (to_image(x) if to_image is not None else x.clamp(0, 1)).float()
+to_images = model_images  # the name the scores have used
 
 
 @torch.no_grad()

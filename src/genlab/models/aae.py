@@ -112,14 +112,14 @@ class AAE(UnitImageCodec, GAN):
         return z, self.encoder(real)  # prior draws vs codes
 
     def g_objective(self, real: Tensor, d_real, d_fake: Tensor, z: Tensor) -> dict[str, Tensor]:
-        adv = self.fool(self.score(self.discriminate(d_fake, frozen=True)))
+        adv = self.generator_loss(self.score(self.discriminate(d_fake, frozen=True)))
         recon = self.recon(real, d_fake).mean()
         return {"g_loss": recon + self.hparams.adv_weight * adv, "recon": recon.detach()}
 
-    def train_values(self, t: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
-        values = super().train_values(t, with_g)
+    def train_values(self, terms: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
+        values = super().train_values(terms, with_g)
         if with_g:
-            self._last_recon = t["recon"]
+            self._last_recon = terms["recon"]
         values["recon"] = getattr(self, "_last_recon", torch.zeros((), device=self.device))
         return values
 

@@ -121,5 +121,5 @@ class AE(UnitImageCodec, GenlabModule):
         self.code_cov.copy_(cov.float())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        h = self.hparams
-        return make_optimizer(self.parameters(), h.optimizer, h.lr, h.weight_decay)
+        hp = self.hparams
+        return make_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)

@@ -145,7 +145,8 @@ class ALI(GAN):
         # (x, E(x)) called fake; gradients reach G and E only (frozen critic).
         s_fake = self.score(self.discriminate(d_fake, frozen=True))
         s_real = self.score(self.discriminate(d_real, frozen=True))
-        out = {"g_loss": self.fool(s_fake, as_real=True) + self.fool(s_real, as_real=False)}
+        g_loss = self.generator_loss(s_fake, as_real=True)
+        out = {"g_loss": g_loss + self.generator_loss(s_real, as_real=False)}
         if self.hparams.cycle_weight > 0:
             # ALICE's cycle term on the encoder's pair: d_real = (x, z ~ q(z|x)), so this
             # is ||G(z) - x||^2 with z from the same draw the critic saw; (B, C, H, W).
@@ -154,11 +155,11 @@ class ALI(GAN):
             out["g_loss"] = out["g_loss"] + self.hparams.cycle_weight * cycle
         return out
 
-    def train_values(self, t: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
-        values = super().train_values(t, with_g)
+    def train_values(self, terms: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
+        values = super().train_values(terms, with_g)
         if self.hparams.cycle_weight > 0:  # repeats its last value on critic-only batches
             if with_g:
-                self._last_cycle = t["cycle"]
+                self._last_cycle = terms["cycle"]
             values["cycle"] = getattr(self, "_last_cycle", torch.zeros((), device=self.device))
         return values
 

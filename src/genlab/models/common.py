@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from genlab._lightning import step_logs_due
-from genlab.data.transforms import binarize, to_unit
+from genlab.data.transforms import binarize, to_unit, unit_image
 from genlab.errors import ConfigError
 from genlab.metrics import bernoulli_log_likelihood, gaussian_log_likelihood
 
@@ -214,7 +214,7 @@ class PixelLikelihood:
 
     def to_image(self, x: Tensor) -> Tensor:
         """Model space -> [0, 1] for image grids."""
-        return x.clamp(0, 1)
+        return unit_image(x)
 
     def decode(self, z: Tensor) -> Tensor:
         """(B, d) codes -> decoder output (B, *data_shape): logits (Bernoulli) or mean."""
@@ -240,7 +240,7 @@ class UnitImageCodec:
         return to_unit(x) if x.dtype == torch.uint8 else x.float()
 
     def to_image(self, x: Tensor) -> Tensor:
-        return x.clamp(0, 1)
+        return unit_image(x)
 
     def encode(self, x: Tensor) -> Tensor:
         """(B, *data_shape) -> (B, d)."""

@@ -42,7 +42,7 @@ from genlab.data.transforms import eval_generator
 from genlab.errors import ConfigError, require_images
 from genlab.models.common import GenlabModule, make_optimizer
 from genlab.models.rbm import BinaryImages, filter_images, rbm_sgd, set_momentum
-from genlab.nn.rbm import RBM as RBMLayer
+from genlab.nn.rbm import RBMLayer
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class DBN(BinaryImages, GenlabModule):
     def finetuning(self) -> bool:
         return self.current_stage >= self.num_layers
 
-    def later_metrics(self) -> set[str]:
+    def metrics_of_later_stages(self) -> set[str]:
         """Validation metrics that only fine-tuning logs (for the checkpoint monitor)."""
         return set() if self.finetuning else {"val/loss", "val/mse"}
 
@@ -243,17 +243,8 @@ class DBN(BinaryImages, GenlabModule):
             rbm = self.rbms[stage]
             with torch.no_grad():
                 v = self.propagate(x, stage)
-            neg = rbm.gibbs(v, self.hparams.cd_steps).detach()
-            fe = rbm.free_energy(v)
-            loss = fe.mean() - rbm.free_energy(neg).mean()
-            with torch.no_grad():
-                recon = rbm.reconstruction_cross_entropy(v).mean()
-            name = f"rbm{stage + 1}"
-            values = {
-                f"{name}/loss": loss,
-                f"{name}/recon": recon,
-                f"{name}/free_energy": fe.mean(),
-            }
+            loss, _, terms = rbm.contrastive_divergence(v, self.hparams.cd_steps)
+            values = {f"rbm{stage + 1}/{k}": t for k, t in terms.items()}
         else:
             values = self.ae_metrics(x)
             loss = values["loss"]
@@ -264,13 +255,13 @@ class DBN(BinaryImages, GenlabModule):
         return {"loss": loss.detach()}  # for the divergence guard
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        h = self.hparams
+        hp = self.hparams
         opts = []
         for rbm in self.rbms:
-            lr = h.top_lr if rbm.gaussian_hidden else h.rbm_lr
-            opts.append(rbm_sgd(rbm, lr, h.initial_momentum, h.weight_decay))
+            lr = hp.top_lr if rbm.gaussian_hidden else hp.rbm_lr
+            opts.append(rbm_sgd(rbm, lr, hp.initial_momentum, hp.weight_decay))
         ae = [*self.enc_W, *self.enc_c, *self.dec_W, *self.dec_b]
-        opts.append(make_optimizer(ae, h.finetune_optimizer, h.finetune_lr, 0.0))
+        opts.append(make_optimizer(ae, hp.finetune_optimizer, hp.finetune_lr, 0.0))
         return opts
 
     # ---- evaluation -------------------------------------------------------------------

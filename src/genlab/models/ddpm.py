@@ -41,11 +41,11 @@ from genlab.checks import (
     check_args,
 )
 from genlab.data.transforms import eval_generator, to_symmetric
-from genlab.models.denoising import TIME_SCALE, IterativeSampler, frame_steps
+from genlab.models.denoising import TIME_SCALE, DenoiserFamily, frame_steps
 from genlab.nn.diffusion import EpsModel, GaussianDiffusion, Sampler, Schedule, Variance
 
 
-class DDPM(IterativeSampler):
+class DDPM(DenoiserFamily):
     """Epsilon-prediction diffusion with DDIM / ancestral sampling and the exact-unit bound."""
 
     def __init__(
@@ -143,8 +143,8 @@ class DDPM(IterativeSampler):
     ):
         """DDIM or ancestral sampling (``GaussianDiffusion.sample``) over ``steps``
         timesteps (default ``model.sample_steps``); ``record`` frames of the path."""
-        h = self.hparams
-        steps = h.sample_steps if steps is None else steps
+        hp = self.hparams
+        steps = hp.sample_steps if steps is None else steps
         marks = frame_steps(len(self.diffusion.timestep_sequence(steps)), record)
         path = [z] if record else []
 
@@ -153,7 +153,7 @@ class DDPM(IterativeSampler):
                 path.append(x)
 
         x = self.diffusion.sample(
-            self.eps_model(labels), z, steps, sampler or h.sampler, h.eta if eta is None else eta,
+            self.eps_model(labels), z, steps, sampler or hp.sampler, hp.eta if eta is None else eta,
             generator, keep if record else None,
         )  # fmt: skip
         return (x.clamp(-1, 1) if self.images else x), path

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from genlab.data.transforms import symmetric_image
 from genlab.errors import ConfigError
 from genlab.models.common import GenlabModule, adam_betas, make_optimizer
 from genlab.models.ema import AveragedNets
@@ -24,7 +25,7 @@ from genlab.nn import build_net
 TIME_SCALE = 1000.0  # the denoisers' time input runs over [0, 1000] (Ho et al. 2020)
 
 
-class IterativeSampler(AveragedNets, GenlabModule):
+class DenoiserFamily(AveragedNets, GenlabModule):
     """Base of the diffusion and flow-matching families (see the module docstring)."""
 
     ema_of: tuple[str, ...] = ("denoiser",)
@@ -60,7 +61,7 @@ class IterativeSampler(AveragedNets, GenlabModule):
     # ---- data space -------------------------------------------------------------------
     def to_image(self, x: Tensor) -> Tensor:
         """[-1, 1] -> [0, 1] for grids and scores (vector data pass as they are)."""
-        return ((x + 1) / 2).clamp(0, 1) if self.images else x
+        return symmetric_image(x) if self.images else x
 
     # ---- the denoiser -----------------------------------------------------------------
     def predict(
@@ -177,13 +178,13 @@ class IterativeSampler(AveragedNets, GenlabModule):
         self.migrate_ema_state(checkpoint)
 
     def configure_optimizers(self):
-        h = self.hparams
-        kw = {**adam_betas(h.optimizer, h.betas), **(h.optimizer_kwargs or {})}
-        opt = make_optimizer(self.denoiser.parameters(), h.optimizer, h.lr, h.weight_decay, **kw)
-        if not h.warmup_steps:
+        hp = self.hparams
+        kw = {**adam_betas(hp.optimizer, hp.betas), **(hp.optimizer_kwargs or {})}
+        opt = make_optimizer(self.denoiser.parameters(), hp.optimizer, hp.lr, hp.weight_decay, **kw)
+        if not hp.warmup_steps:
             return opt
         # Linear learning-rate warm-up over the first warmup_steps steps (Ho et al.: 5000).
-        warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / h.warmup_steps))
+        warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / hp.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": warm, "interval": "step"}}
 
 

@@ -68,9 +68,9 @@ class AveragedNets:
         window grows with the run (TensorFlow's ExponentialMovingAverage with
         num_updates), so short runs are not averaged over weights far behind. Buffers are
         copied. On the device: no host sync."""
-        h = self.hparams
-        t = (self.ema_count - h.get("ema_start", 0)).float()
-        decay = torch.clamp((1 + t) / (10 + t), max=h.ema_decay)
+        hp = self.hparams
+        t = (self.ema_count - hp.get("ema_start", 0)).float()
+        decay = torch.clamp((1 + t) / (10 + t), max=hp.ema_decay)
         w = torch.where(t < 0, 1.0, 1.0 - decay)
         own = self.ema_own_buffers
         for name in self.ema_of:

@@ -132,15 +132,15 @@ class Flow(GenlabModule):
         return self._metrics(batch[0], eval_generator(batch[0].device, batch_idx))
 
     def configure_optimizers(self):
-        h = self.hparams
+        hp = self.hparams
         opt = make_optimizer(
-            self.parameters(), h.optimizer, h.lr, h.weight_decay, **(h.optimizer_kwargs or {})
+            self.parameters(), hp.optimizer, hp.lr, hp.weight_decay, **(hp.optimizer_kwargs or {})
         )
-        if h.lr_final is None:
+        if hp.lr_final is None:
             return opt
         # Exponential decay from lr to lr_final over the run's epochs (NICE: 1e-3 -> 1e-4).
         epochs = max(1, (self.trainer.max_epochs or 1) - 1)
-        gamma = (h.lr_final / h.lr) ** (1 / epochs)
+        gamma = (hp.lr_final / hp.lr) ** (1 / epochs)
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
@@ -172,14 +172,14 @@ class NICE(Flow):
         self.flow = self.build_flow()
 
     def build_flow(self) -> FlowLayer:
-        h = self.hparams
-        net = mlp_net(list(h.hidden_sizes), h.activation)
+        hp = self.hparams
+        net = mlp_net(list(hp.hidden_sizes), hp.activation)
         # The paper's odd/even partition, as contiguous halves: features reordered evens
         # first once, couplings on halves, the order restored before the scaling.
         layers: list[FlowLayer] = [
             Reshape(self.data_shape, (self.dim,)),
             Permute.evens_first(self.dim),
-            *(Coupling(self.dim, i % 2, net, split="halves") for i in range(h.couplings)),
+            *(Coupling(self.dim, i % 2, net, split="halves") for i in range(hp.couplings)),
             Permute.evens_first(self.dim, inverse=True),
             DiagonalScaling(self.dim),
         ]
@@ -240,10 +240,10 @@ class _AffineFlow(Flow):
         self.flow = self.build_flow()
 
     def _steps(self, features: int, make_net) -> FlowSequence:
-        h = self.hparams
+        hp = self.hparams
         layers: list[FlowLayer] = []
-        for i in range(h.steps):
-            if h.actnorm:
+        for i in range(hp.steps):
+            if hp.actnorm:
                 layers.append(ActNorm(features))
             mix = MIXING[self.mixing]
             if mix is not None:
@@ -253,19 +253,19 @@ class _AffineFlow(Flow):
             layers.append(
                 Coupling(
                     features, parity, make_net, affine=True, scale=self.scale,
-                    split=h.coupling_split,
+                    split=hp.coupling_split,
                 )
             )  # fmt: skip
         return FlowSequence(layers)
 
     def build_flow(self) -> FlowLayer:
-        h = self.hparams
+        hp = self.hparams
         if len(self.data_shape) == 3:
             return MultiScale(
-                self.data_shape, h.levels, lambda c: self._steps(c, conv_net(h.channels))
+                self.data_shape, hp.levels, lambda c: self._steps(c, conv_net(hp.channels))
             )
         if len(self.data_shape) == 1:
-            return self._steps(self.dim, mlp_net(list(h.hidden_sizes), zero_init=True))
+            return self._steps(self.dim, mlp_net(list(hp.hidden_sizes), zero_init=True))
         raise ConfigError(
             f"model={type(self).__name__.lower()} takes images (C, H, W) or vectors (D,), "
             f"not data of shape {self.data_shape}"

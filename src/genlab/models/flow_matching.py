@@ -47,14 +47,14 @@ from genlab.checks import (
 )
 from genlab.data.transforms import dequantize, eval_generator
 from genlab.errors import ConfigError
-from genlab.models.denoising import TIME_SCALE, IterativeSampler, frame_steps
+from genlab.models.denoising import TIME_SCALE, DenoiserFamily, frame_steps
 from genlab.nn.flow_matching import OTPath, dequantized_bits_per_dim, ode_log_likelihood
 from genlab.nn.ode import SOLVERS, Solver, odeint
 
 Path = Literal["ot", "rectified"]
 
 
-class FlowMatching(IterativeSampler):
+class FlowMatching(DenoiserFamily):
     """Velocity regression on conditional OT paths; ODE sampling and likelihoods."""
 
     def __init__(
@@ -123,9 +123,9 @@ class FlowMatching(IterativeSampler):
         """log p(x) in nats (B,) for x in model space, by the ODE backwards from t = 1 to
         0 (``model.likelihood_solver``); ``exact`` divergence by default for data of at
         most ``model.exact_divergence_max_dim`` dimensions, Hutchinson's otherwise."""
-        h = self.hparams
+        hp = self.hparams
         if exact is None:
-            exact = self.dim <= h.exact_divergence_max_dim
+            exact = self.dim <= hp.exact_divergence_max_dim
         with torch.inference_mode(False):  # labels used under autograd: normal tensors
             y = None if y is None else y.clone()
         probe = None
@@ -133,8 +133,8 @@ class FlowMatching(IterativeSampler):
             probe = torch.randint(0, 2, x.shape, generator=generator, device=x.device)
             probe = probe.to(x.dtype) * 2 - 1
         return ode_log_likelihood(
-            lambda u, t: self.velocity(u, t, y), x, probe, h.likelihood_solver,
-            h.likelihood_steps, h.ode_tolerance, f"ODE likelihood of {x.shape[0]} examples",
+            lambda u, t: self.velocity(u, t, y), x, probe, hp.likelihood_solver,
+            hp.likelihood_steps, hp.ode_tolerance, f"ODE likelihood of {x.shape[0]} examples",
         )  # fmt: skip
 
     def bits_per_dim(self, loglik: Tensor) -> Tensor:
@@ -196,15 +196,15 @@ class FlowMatching(IterativeSampler):
     # ---- sampling ---------------------------------------------------------------------
     def _sample(self, z, labels, steps, generator, record, solver: Solver | None = None):
         """Integrate dx/dt = v from noise (t = 0) to data (t = 1)."""
-        h = self.hparams
-        solver = solver or h.solver
+        hp = self.hparams
+        solver = solver or hp.solver
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is not one of {', '.join(SOLVERS)}")
-        steps = int(steps or h.sample_steps)
+        steps = int(steps or hp.sample_steps)
         field = lambda t, x: self.velocity(x, t, labels)  # noqa: E731
         if not record:
             x, _ = odeint(
-                field, z, 0.0, 1.0, solver, steps, rtol=h.ode_tolerance, atol=h.ode_tolerance
+                field, z, 0.0, 1.0, solver, steps, rtol=hp.ode_tolerance, atol=hp.ode_tolerance
             )
             return (x.clamp(-1, 1) if self.images else x), []
         # A trajectory: fixed steps (an adaptive solve has no evenly spaced states).

@@ -48,7 +48,7 @@ from genlab.checks import (
     PositiveInt,
     check_args,
 )
-from genlab.data.transforms import eval_generator, to_symmetric
+from genlab.data.transforms import eval_generator, symmetric_image, to_symmetric
 from genlab.errors import ConfigError
 from genlab.models.common import GenlabModule, adam_betas, make_optimizer
 from genlab.models.ema import AveragedNets
@@ -185,7 +185,7 @@ class GAN(AveragedNets, GenlabModule):
 
     def to_image(self, x: Tensor) -> Tensor:
         """[-1, 1] -> [0, 1] for image grids and scores."""
-        return ((x + 1) / 2).clamp(0, 1)
+        return symmetric_image(x)
 
     # ---- networks ---------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -312,17 +312,17 @@ class GAN(AveragedNets, GenlabModule):
             loss = F.softplus(-s_real).mean() + F.softplus(s_fake).mean()
         else:
             loss = s_fake.mean() - s_real.mean()
-        t = {"critic_gap": (s_real.mean() - s_fake.mean()).detach()}
+        terms = {"critic_gap": (s_real.mean() - s_fake.mean()).detach()}
         if loss_type == "wgan_gp" and self.hparams.gp_weight > 0:
             gp = self.gradient_penalty(real, fake)
             loss = loss + self.hparams.gp_weight * gp
-            t["gp"] = gp.detach()
+            terms["gp"] = gp.detach()
         extra, t_extra = self.extra_loss(out_fake, z)
-        t.update(t_extra)
-        t["d_loss"] = loss + extra
-        return t
+        terms.update(t_extra)
+        terms["d_loss"] = loss + extra
+        return terms
 
-    def fool(self, s: Tensor, as_real: bool = True) -> Tensor:
+    def generator_loss(self, s: Tensor, as_real: bool = True) -> Tensor:
         """The generator-side loss for scores s it wants D to call real (or fake)."""
         sign = 1.0 if as_real else -1.0
         if self.hparams.loss == "nonsaturating":
@@ -334,7 +334,7 @@ class GAN(AveragedNets, GenlabModule):
         the networks behind D's inputs only."""
         out_fake = self.discriminate(d_fake, frozen=True)
         extra, _ = self.extra_loss(out_fake, z)
-        return {"g_loss": self.fool(self.score(out_fake)) + extra}
+        return {"g_loss": self.generator_loss(self.score(out_fake)) + extra}
 
     def extra_loss(self, out_fake: Tensor, z: Tensor) -> tuple[Tensor | float, dict[str, Tensor]]:
         """A term both players add to their loss, from D's output on the fake side (O-GAN:
@@ -345,13 +345,13 @@ class GAN(AveragedNets, GenlabModule):
         """L_D(sg(real side), sg(fake side)) + L_G(sg(D), fake side): one backward pass
         gives each network the gradient of its own objective."""
         d_real, d_fake = self.d_inputs(real, z)
-        t = self.d_objective(_detach(d_real), _detach(d_fake), z)
-        loss = t["d_loss"]
+        terms = self.d_objective(_detach(d_real), _detach(d_fake), z)
+        loss = terms["d_loss"]
         if with_g:
-            t.update(self.g_objective(real, d_real, d_fake, z))
-            loss = loss + t["g_loss"]
-        t["loss"] = loss
-        return t
+            terms.update(self.g_objective(real, d_real, d_fake, z))
+            loss = loss + terms["g_loss"]
+        terms["loss"] = loss
+        return terms
 
     # ---- Lightning --------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -361,10 +361,10 @@ class GAN(AveragedNets, GenlabModule):
         z = self.noise(n)
         with_g = batch_idx % self.hparams.n_critic == 0
         if self.hparams.update_rule == "single_step":
-            t = self.single_step_loss(real, z, with_g)
+            terms = self.single_step_loss(real, z, with_g)
             opt_d.zero_grad(set_to_none=True)
             opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(t["loss"])
+            self.manual_backward(terms["loss"])
             opt_d.step()
             if with_g:
                 opt_g.step()
@@ -372,33 +372,33 @@ class GAN(AveragedNets, GenlabModule):
         else:
             with torch.no_grad():
                 d_real, d_fake = self.d_inputs(real, z)
-            t = self.d_objective(d_real, d_fake, z)
+            terms = self.d_objective(d_real, d_fake, z)
             opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(t["d_loss"])
+            self.manual_backward(terms["d_loss"])
             opt_d.step()
             if with_g:
                 z = self.noise(n)
                 d_real, d_fake = self.d_inputs(real, z)
-                t.update(self.g_objective(real, d_real, d_fake, z))
+                terms.update(self.g_objective(real, d_real, d_fake, z))
                 opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(t["g_loss"])
+                self.manual_backward(terms["g_loss"])
                 opt_g.step()
                 self.after_g_step()
-        self.log_train(self.train_values(t, with_g))
-        return t["d_loss"].detach()
+        self.log_train(self.train_values(terms, with_g))
+        return terms["d_loss"].detach()
 
     def after_g_step(self) -> None:
         if self.use_ema:
             self.update_ema()
 
-    def train_values(self, t: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
+    def train_values(self, terms: dict[str, Tensor], with_g: bool) -> dict[str, Tensor]:
         """The terms to log from a training step's terms ``t``. A fixed key set per run
         (the logging windows average them): g_loss repeats its last value on critic-only
         batches."""
         if with_g:
-            self._last_g = t["g_loss"].detach()
+            self._last_g = terms["g_loss"].detach()
         keys = ["d_loss", "critic_gap", "gp", "z_corr"]
-        values = {k: t[k].detach() for k in keys if k in t}
+        values = {k: terms[k].detach() for k in keys if k in terms}
         values["g_loss"] = getattr(self, "_last_g", torch.zeros((), device=self.device))
         return values
 
@@ -423,13 +423,13 @@ class GAN(AveragedNets, GenlabModule):
         return {"critic_gap": gap, "loss": gap}
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        h = self.hparams
-        kw = adam_betas(h.optimizer, h.betas)
+        hp = self.hparams
+        kw = adam_betas(hp.optimizer, hp.betas)
         return [
-            make_optimizer(params, h.optimizer, lr, h.weight_decay, **kw)
+            make_optimizer(params, hp.optimizer, lr, hp.weight_decay, **kw)
             for params, lr in (
-                (self.g_parameters(), h.lr_g),
-                (list(self.discriminator.parameters()), h.lr_d),
+                (self.g_parameters(), hp.lr_g),
+                (list(self.discriminator.parameters()), hp.lr_d),
             )
         ]
 

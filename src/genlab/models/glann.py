@@ -169,14 +169,14 @@ class GLANN(UnitImageCodec, GenlabModule):
         sphere after each. Works inside no-grad and inference-mode code; G's parameters
         and their gradients are left as they were. Deterministic (no random draws).
         """
-        h = self.hparams
-        steps = h.encode_steps if steps is None else steps
+        hp = self.hparams
+        steps = hp.encode_steps if steps is None else steps
         with torch.inference_mode(False), torch.enable_grad():
             x = x.detach().clone().float()  # a normal tensor, even from inference mode
             z = self.nearest_pool_codes(x).clone().requires_grad_(True)
-            opt = torch.optim.Adam([z], lr=h.encode_lr)
+            opt = torch.optim.Adam([z], lr=hp.encode_lr)
             for _ in range(steps):
-                loss = lap1_loss(self.decode(z), x, h.lap_levels).sum()
+                loss = lap1_loss(self.decode(z), x, hp.lap_levels).sum()
                 z.grad = torch.autograd.grad(loss, [z])[0]  # only z: G's grads untouched
                 opt.step()
                 with torch.no_grad():
@@ -313,11 +313,11 @@ class GLANN(UnitImageCodec, GenlabModule):
         return {"loss": recon, "recon": recon, "mse": mse, "imle_nn_dist": nn_dist}
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        h = self.hparams
+        hp = self.hparams
         return [
-            make_optimizer(self.generator.parameters(), h.optimizer, h.lr_g, h.weight_decay),
-            torch.optim.SparseAdam([self.codes.weight], lr=h.lr_codes),
-            make_optimizer(self.mapper.parameters(), h.optimizer, h.lr_imle, h.weight_decay),
+            make_optimizer(self.generator.parameters(), hp.optimizer, hp.lr_g, hp.weight_decay),
+            torch.optim.SparseAdam([self.codes.weight], lr=hp.lr_codes),
+            make_optimizer(self.mapper.parameters(), hp.optimizer, hp.lr_imle, hp.weight_decay),
         ]
 
     # ---- checkpoints ------------------------------------------------------------------

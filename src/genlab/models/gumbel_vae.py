@@ -115,8 +115,8 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
     # ---- the model, as named stages ---------------------------------------------------
     def posterior_logits(self, x: Tensor) -> Tensor:
         """(B, *data_shape) -> logits of q(z|x): (B, N, K)."""
-        h = self.hparams
-        return self.encoder(x).view(x.shape[0], h.n_latents, h.n_categories)
+        hp = self.hparams
+        return self.encoder(x).view(x.shape[0], hp.n_latents, hp.n_categories)
 
     def encode(self, x: Tensor) -> Tensor:
         """The posterior mean of the one-hot code, q(z|x) flattened: (B, N*K)."""
@@ -130,8 +130,8 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
     def tau(self) -> float:
         """The Gumbel-Softmax temperature at the current step (a pure function of it,
         so a resumed run continues the schedule)."""
-        h = self.hparams
-        return temperature(self.global_step, h.tau0, h.tau_min, h.tau_rate)
+        hp = self.hparams
+        return temperature(self.global_step, hp.tau0, hp.tau_min, hp.tau_rate)
 
     @property
     def baseline(self) -> Tensor:
@@ -199,8 +199,8 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n draws of E[x|z], z uniform one-hot codes: (n, *data_shape)."""
-        h = self.hparams
-        flat = torch.zeros(n, h.n_latents, h.n_categories, device=self.device)
+        hp = self.hparams
+        flat = torch.zeros(n, hp.n_latents, hp.n_categories, device=self.device)
         return self.mean(self.decode_codes(sample_one_hot(flat, generator)))
 
     @torch.no_grad()
@@ -234,41 +234,41 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
 
     # ---- Lightning --------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        h = self.hparams
+        hp = self.hparams
         total = self.trainer.estimated_stepping_batches
-        if h.estimator == "reinforce" or not math.isfinite(total):
+        if hp.estimator == "reinforce" or not math.isfinite(total):
             return
-        need = steps_to_floor(h.tau0, h.tau_min, h.tau_rate)
+        need = steps_to_floor(hp.tau0, hp.tau_min, hp.tau_rate)
         if need > total:
-            end = temperature(int(total), h.tau0, h.tau_min, h.tau_rate)
+            end = temperature(int(total), hp.tau0, hp.tau_min, hp.tau_rate)
             log.warning(
                 "model.tau_rate=%g reaches tau_min=%g only after %d steps; this run has %d, "
                 "so train/tau ends at %.3f: set model.tau_rate>=%.3g to reach the floor",
-                h.tau_rate,
-                h.tau_min,
+                hp.tau_rate,
+                hp.tau_min,
                 math.ceil(need),
                 int(total),
                 end,
-                math.log(h.tau0 / h.tau_min) / total,
+                math.log(hp.tau0 / hp.tau_min) / total,
             )
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x = self.preprocess(batch[0])
-        h = self.hparams
+        hp = self.hparams
         if self.grad_var_batch is None:
             # The first batch's first images, kept (binarised once) for train/grad_var.
-            self.grad_var_batch = x[: h.grad_var_batch].detach().clone()
-        t = self.objective(x, update_baseline=True)
-        loss = (t["recon"] + t["kl"]).mean()
-        values = {"loss": loss, "recon": t["recon"].mean(), "kl": t["kl"].mean()}
-        if h.estimator != "gumbel":  # a discrete forward pass: an unbiased ELBO estimate
+            self.grad_var_batch = x[: hp.grad_var_batch].detach().clone()
+        terms = self.objective(x, update_baseline=True)
+        loss = (terms["recon"] + terms["kl"]).mean()
+        values = {"loss": loss, "recon": terms["recon"].mean(), "kl": terms["kl"].mean()}
+        if hp.estimator != "gumbel":  # a discrete forward pass: an unbiased ELBO estimate
             values["elbo"] = -loss
-        if h.estimator != "reinforce":
+        if hp.estimator != "reinforce":
             values["tau"] = torch.full((), self.tau, device=loss.device)
         self.log_train(values)
-        if h.grad_var_every > 0 and self.global_step % h.grad_var_every == 0:
+        if hp.grad_var_every > 0 and self.global_step % hp.grad_var_every == 0:
             self._log_grad_var()
-        return t["surrogate"].mean()
+        return terms["surrogate"].mean()
 
     def _log_grad_var(self) -> None:
         # Logged straight to the loggers: this step need not be a logging step.
@@ -283,8 +283,8 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
         nll_iwae (``iwae_samples`` exact samples). Nats per image."""
         g = eval_generator(batch[0].device, batch_idx)
         x = self.preprocess(batch[0], g)
-        t = self.elbo(x, g)
-        out = {k: t[k].mean() for k in ("recon", "kl", "elbo")}
+        terms = self.elbo(x, g)
+        out = {k: terms[k].mean() for k in ("recon", "kl", "elbo")}
         out["loss"] = -out["elbo"]
         if self.hparams.estimator != "reinforce":
             r = self.objective(x, "gumbel", g)
@@ -295,5 +295,5 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
         return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        h = self.hparams
-        return make_optimizer(self.parameters(), h.optimizer, h.lr, h.weight_decay)
+        hp = self.hparams
+        return make_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)

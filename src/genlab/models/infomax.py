@@ -149,17 +149,17 @@ class InfoMax(GenlabModule):
 
     def mi_terms(self, local: Tensor, code: Tensor) -> dict[str, Tensor]:
         """The estimators' values of I(x; y) and the mean over locations of I(C_l(x); y)."""
-        h = self.hparams
+        hp = self.hparams
         zero = code.new_zeros(())
         out = {"mi_global": zero, "mi_local": zero}
-        if h.alpha > 0:
+        if hp.alpha > 0:
             scores = self.global_phi(local.flatten(1)) @ self.global_psi(code).T  # (B, B)
-            out["mi_global"] = mi_lower_bound(scores, h.estimator)
-        if h.beta > 0:
+            out["mi_global"] = mi_lower_bound(scores, hp.estimator)
+        if hp.beta > 0:
             phi = self.local_phi(local).flatten(2)  # (B, e, hw)
             psi = self.local_psi(code)  # (B, e)
             scores = torch.einsum("iel,je->ijl", phi, psi)  # (B, B, hw): C_l(x_i) vs y_j
-            out["mi_local"] = mi_lower_bound(scores, h.estimator)
+            out["mi_local"] = mi_lower_bound(scores, hp.estimator)
         return out
 
     def prior_losses(self, code: Tensor, generator=None) -> dict[str, Tensor]:
@@ -174,33 +174,34 @@ class InfoMax(GenlabModule):
     def objective(self, x: Tensor, generator=None, augment: bool = False) -> dict[str, Tensor]:
         """The terms of one batch. ``augment`` (training, ``shift`` > 0): the code comes
         from one random translation of each image, the local map from another."""
-        h = self.hparams
-        if augment and h.shift > 0:
-            local = self.local_net(random_shift(x, h.shift))
-            code = self.features(random_shift(x, h.shift))[1]
+        hp = self.hparams
+        if augment and hp.shift > 0:
+            local = self.local_net(random_shift(x, hp.shift))
+            code = self.features(random_shift(x, hp.shift))[1]
         else:
             local, code = self.features(x)
-        t = self.mi_terms(local, code)
-        t.update(self.prior_losses(code, generator))
-        t["loss"] = (
-            -(h.alpha * t["mi_global"] + h.beta * t["mi_local"]) + h.gamma * t["prior_g_loss"]
+        terms = self.mi_terms(local, code)
+        terms.update(self.prior_losses(code, generator))
+        terms["loss"] = (
+            -(hp.alpha * terms["mi_global"] + hp.beta * terms["mi_local"])
+            + hp.gamma * terms["prior_g_loss"]
         )
-        return t
+        return terms
 
     # ---- Lightning --------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
         opt_e, opt_d = self.optimizers()
-        t = self.objective(self.preprocess(batch[0]), augment=True)
+        terms = self.objective(self.preprocess(batch[0]), augment=True)
         opt_e.zero_grad(set_to_none=True)
-        self.manual_backward(t["loss"])
+        self.manual_backward(terms["loss"])
         opt_e.step()
         if self.hparams.gamma > 0:
             # The encoder's backward also reached D; its zero_grad discards that.
             opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(t["prior_d_loss"])
+            self.manual_backward(terms["prior_d_loss"])
             opt_d.step()
-        self.log_train({k: v.detach() for k, v in t.items()})
-        return t["loss"]
+        self.log_train({k: v.detach() for k, v in terms.items()})
+        return terms["loss"]
 
     @torch.no_grad()
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
@@ -210,13 +211,13 @@ class InfoMax(GenlabModule):
         return self.objective(self.preprocess(batch[0]), g)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        h = self.hparams
-        kw = adam_betas(h.optimizer, h.betas)
+        hp = self.hparams
+        kw = adam_betas(hp.optimizer, hp.betas)
         disc = set(self.discriminator.parameters())
         enc = [p for p in self.parameters() if p not in disc]
         return [
-            make_optimizer(enc, h.optimizer, h.lr, h.weight_decay, **kw),
-            make_optimizer(list(disc), h.optimizer, h.lr, h.weight_decay, **kw),
+            make_optimizer(enc, hp.optimizer, hp.lr, hp.weight_decay, **kw),
+            make_optimizer(list(disc), hp.optimizer, hp.lr, hp.weight_decay, **kw),
         ]
 
 

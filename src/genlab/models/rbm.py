@@ -30,14 +30,12 @@ from genlab.checks import (
     UnitInterval,
     check_args,
 )
-from genlab.data.transforms import binarize, eval_generator, to_unit
+from genlab.data.transforms import binarize, eval_generator, to_unit, unit_image
 from genlab.errors import require_images
 from genlab.models.common import GenlabModule
 from genlab.nn.rbm import (
-    RBM as RBMLayer,
-)
-from genlab.nn.rbm import (
     AISEstimate,
+    RBMLayer,
     ais_log_partition,
     base_rate_bias,
     scaled_betas,
@@ -59,7 +57,7 @@ class BinaryImages:
         return x.flatten(1)
 
     def to_image(self, x: Tensor) -> Tensor:
-        return x.view(-1, *self.data_shape).clamp(0, 1)
+        return unit_image(x.view(-1, *self.data_shape))
 
     def init_from_data(self, layer: RBMLayer) -> None:
         """Visible biases log(p / (1 - p)) from the training pixels' means (Hinton's
@@ -184,23 +182,19 @@ class RBM(BinaryImages, GenlabModule):
             set_momentum(opt, self.current_epoch, self.hparams)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        h = self.hparams
+        hp = self.hparams
         v = self.preprocess(batch[0])
-        start = self.chains if h.persistent else v
-        neg = self.rbm.gibbs(start, h.cd_steps).detach()
-        if h.persistent:
+        start = self.chains if hp.persistent else None
+        loss, neg, terms = self.rbm.contrastive_divergence(v, hp.cd_steps, start)
+        if hp.persistent:
             self.chains.copy_(neg)
-        fe = self.rbm.free_energy(v)
-        loss = fe.mean() - self.rbm.free_energy(neg).mean()
-        with torch.no_grad():
-            recon = self.rbm.reconstruction_cross_entropy(v).mean()
-        self.log_train({"loss": loss, "recon": recon, "free_energy": fe.mean()})
+        self.log_train(terms)
         return loss
 
     def configure_optimizers(self):
-        h = self.hparams
-        opt = rbm_sgd(self.rbm, h.lr, h.initial_momentum, h.weight_decay)
-        if not h.lr_decay:
+        hp = self.hparams
+        opt = rbm_sgd(self.rbm, hp.lr, hp.initial_momentum, hp.weight_decay)
+        if not hp.lr_decay:
             return opt
         # Linear decay to 0 at the last epoch (Tieleman 2008): PCD's chains mix only
         # while the weights change slowly, so the final epochs need small steps.
@@ -224,17 +218,17 @@ class RBM(BinaryImages, GenlabModule):
         self.ais_spread[split] = (est.lo, est.hi)
 
     def on_validation_epoch_start(self) -> None:
-        h = self.hparams
-        self._prepare("val", h.val_ais_runs, h.val_ais_betas)
+        hp = self.hparams
+        self._prepare("val", hp.val_ais_runs, hp.val_ais_betas)
 
     def on_test_epoch_start(self) -> None:
-        h = self.hparams
-        self._prepare("test", h.ais_runs, h.ais_betas)
+        hp = self.hparams
+        self._prepare("test", hp.ais_runs, hp.ais_betas)
         if "test" in self.log_z:
             lo, hi = self.ais_spread["test"]
             log.info(
-                f"AIS log Z = {float(self.log_z['test']):.3f} ({h.ais_runs} runs, "
-                f"{h.ais_betas} temperatures; +-3 s.e. of the weights: [{lo:.3f}, {hi:.3f}])"
+                f"AIS log Z = {float(self.log_z['test']):.3f} ({hp.ais_runs} runs, "
+                f"{hp.ais_betas} temperatures; +-3 s.e. of the weights: [{lo:.3f}, {hi:.3f}])"
             )
 
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:

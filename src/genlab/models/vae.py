@@ -127,9 +127,9 @@ class VAE(PixelLikelihood, GenlabModule):
     # ---- Lightning --------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x_raw, y = batch[0], batch[1]
-        t = self.elbo(self.preprocess(x_raw), None, y)
-        loss = (t["recon"] + self.hparams.beta * t["kl"]).mean()
-        self.log_train({"loss": loss, **{k: t[k].mean() for k in ("recon", "kl", "elbo")}})
+        terms = self.elbo(self.preprocess(x_raw), None, y)
+        loss = (terms["recon"] + self.hparams.beta * terms["kl"]).mean()
+        self.log_train({"loss": loss, **{k: terms[k].mean() for k in ("recon", "kl", "elbo")}})
         return loss
 
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
@@ -138,9 +138,9 @@ class VAE(PixelLikelihood, GenlabModule):
         x_raw, y = batch[0], batch[1]
         g = eval_generator(x_raw.device, batch_idx)
         x = self.preprocess(x_raw, g)
-        t = self.elbo(x, g, y)
-        out = {k: t[k].mean() for k in ("recon", "kl", "elbo")}
-        out["loss"] = (t["recon"] + self.hparams.beta * t["kl"]).mean()
+        terms = self.elbo(x, g, y)
+        out = {k: terms[k].mean() for k in ("recon", "kl", "elbo")}
+        out["loss"] = (terms["recon"] + self.hparams.beta * terms["kl"]).mean()
         if full:
             g = eval_generator(x.device, batch_idx, seed=4321)
             out["nll_iwae"] = -self.iwae_log_likelihood(x, self.hparams.iwae_samples, g, y).mean()
@@ -158,5 +158,5 @@ class VAE(PixelLikelihood, GenlabModule):
         self.log("val/active_units", active_units(cov).float(), sync_dist=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        h = self.hparams
-        return make_optimizer(self.parameters(), h.optimizer, h.lr, h.weight_decay)
+        hp = self.hparams
+        return make_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)

@@ -132,10 +132,10 @@ class VIB(AveragedNets, GenlabModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = self.preprocess(batch[0]), batch[1]
-        t = self.terms(x, y, self.net)
-        ce, kl = t["ce"].mean(), t["kl"].mean()
+        terms = self.terms(x, y, self.net)
+        ce, kl = terms["ce"].mean(), terms["kl"].mean()
         loss = ce + self.hparams.beta * kl
-        error = (t["logits"].argmax(-1) != y).float().mean()
+        error = (terms["logits"].argmax(-1) != y).float().mean()
         self.log_train({"loss": loss, "ce": ce, "kl": kl, "error": error})
         return loss
 
@@ -159,22 +159,22 @@ class VIB(AveragedNets, GenlabModule):
         the error of the softmax averaged over ``test_samples`` draws."""
         x, y = self.preprocess(batch[0]), batch[1]
         g = eval_generator(x.device, batch_idx)
-        t = self.terms(x, y, self.eval_net(), g, self.hparams.test_samples if full else 1)
-        ce, kl = t["ce"].mean(), t["kl"].mean()
+        terms = self.terms(x, y, self.eval_net(), g, self.hparams.test_samples if full else 1)
+        ce, kl = terms["ce"].mean(), terms["kl"].mean()
         out = {
             "loss": ce + self.hparams.beta * kl,
             "ce": ce,
             "kl": kl,
             "izy": self.label_entropy - ce,
-            "error": (t["logits"].argmax(-1) != y).float().mean(),
+            "error": (terms["logits"].argmax(-1) != y).float().mean(),
         }
         if full:
-            out["error_avg"] = (t["probs"].argmax(-1) != y).float().mean()
+            out["error_avg"] = (terms["probs"].argmax(-1) != y).float().mean()
         return out
 
     def configure_optimizers(self):
-        h = self.hparams
-        kw = adam_betas(h.optimizer, h.betas)
-        opt = make_optimizer(self.net.parameters(), h.optimizer, h.lr, h.weight_decay, **kw)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=h.decay_every, gamma=h.lr_decay)
+        hp = self.hparams
+        kw = adam_betas(hp.optimizer, hp.betas)
+        opt = make_optimizer(self.net.parameters(), hp.optimizer, hp.lr, hp.weight_decay, **kw)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.decay_every, gamma=hp.lr_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

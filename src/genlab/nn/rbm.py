@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from genlab.progress import Progress
 
 
-class RBM(nn.Module):
+class RBMLayer(nn.Module):
     """One RBM layer: weights W (V, H), visible bias b (V,), hidden bias c (H,).
 
     ``W ~ N(0, init_std^2)``, biases zero (the trainer sets b from the data's marginals,
@@ -91,6 +91,20 @@ class RBM(nn.Module):
             hid = F.softplus(a).sum(1)
         return -(v @ self.b) - hid
 
+    def contrastive_divergence(
+        self, v: Tensor, steps: int, start: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """CD-k (or persistent CD from the chains ``start``): the surrogate loss
+        mean F(v) - mean F(v_neg), whose gradient is the likelihood's with the model term
+        estimated by v_neg = ``steps`` Gibbs sweeps from ``start`` (default: the data v);
+        returns (loss, v_neg (B, V) detached, logged terms: loss, recon, free_energy)."""
+        neg = self.gibbs(v if start is None else start, steps).detach()
+        fe = self.free_energy(v)
+        loss = fe.mean() - self.free_energy(neg).mean()
+        with torch.no_grad():
+            recon = self.reconstruction_cross_entropy(v).mean()
+        return loss, neg, {"loss": loss, "recon": recon, "free_energy": fe.mean()}
+
     def reconstruction_cross_entropy(self, v: Tensor) -> Tensor:
         """-sum_i [v_i log r_i + (1 - v_i) log(1 - r_i)] with r = p(v = 1 | E[h | v]):
         the one-step reconstruction error the practical guide monitors; (B,) nats."""
@@ -108,7 +122,7 @@ def base_rate_bias(mean: Tensor, count: float = 0.0, prior: float = 5.0) -> Tens
     return torch.log(p) - torch.log1p(-p)
 
 
-def exact_log_partition(rbm: RBM) -> Tensor:
+def exact_log_partition(rbm: RBMLayer) -> Tensor:
     """log Z by enumerating the 2^H hidden states (Bernoulli hidden units, H <= 24):
     log Z = logsumexp_h [c.h + sum_i softplus(b_i + (W h)_i)]. Float64 scalar."""
     if rbm.gaussian_hidden:
@@ -157,7 +171,7 @@ class AISEstimate(NamedTuple):
 
 @torch.no_grad()
 def ais_log_partition(
-    rbm: RBM, base_bias: Tensor, betas: Tensor, runs: int, generator=None
+    rbm: RBMLayer, base_bias: Tensor, betas: Tensor, runs: int, generator=None
 ) -> AISEstimate:
     """Annealed importance sampling estimate of log Z (Neal 2001; Salakhutdinov &
     Murray 2008), Bernoulli hidden units.
