@@ -24,20 +24,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from genlab.checks import (
-    Betas,
-    Decay,
     NetSpec,
     NonNegativeFloat,
     NonNegativeInt,
-    OptimizerName,
-    PositiveFloat,
     PositiveInt,
-    UnitInterval,
     check_args,
 )
 from genlab.data.transforms import eval_generator, to_symmetric
@@ -61,22 +57,13 @@ class DDPM(DenoiserFamily):
         eta: NonNegativeFloat = 0.0,
         clip_denoised: bool = True,
         bound_timesteps: NonNegativeInt = 20,
-        conditional: bool = False,
-        label_dropout: UnitInterval = 0.1,
-        guidance: NonNegativeFloat = 0.0,
-        lr: PositiveFloat = 2e-4,
-        warmup_steps: NonNegativeInt = 500,
-        betas: Betas = (0.9, 0.999),
-        optimizer: OptimizerName = "Adam",
-        optimizer_kwargs: dict | None = None,
-        weight_decay: NonNegativeFloat = 0.0,
-        ema_decay: Decay = 0.999,
-        ema_start: NonNegativeInt = 0,
+        **kwargs: Any,
     ) -> None:
-        check_args(type(self), locals(), "model")
-        super().__init__()
-        self.save_hyperparameters(logger=False)
-        self.setup_denoiser(data_shape, num_classes, net, conditional)
+        """DDPM's own settings; the shared ones (conditioning, optimiser, EMA) are
+        ``DenoiserFamily``'s."""
+        own = {k: v for k, v in locals().items() if k not in ("self", "kwargs")}
+        check_args(type(self), {**own, **kwargs}, "model")
+        super().__init__(data_shape, num_classes, net, **kwargs)
         # The process's maths (nn/diffusion.py); its schedule buffers are not saved.
         self.diffusion = GaussianDiffusion(
             timesteps, schedule, variance, clip_x0=self.images and clip_denoised,

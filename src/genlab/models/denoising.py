@@ -10,22 +10,34 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from genlab.checks import (
+    Betas,
+    Decay,
+    NetSpec,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OptimizerName,
+    PositiveFloat,
+    UnitInterval,
+    check_args,
+)
 from genlab.data.transforms import symmetric_image
 from genlab.errors import ConfigError
 from genlab.models.common import GenlabModule, adam_betas, make_optimizer
 from genlab.models.ema import AveragedNets
+from genlab.models.sampling import ClassConditionalSampling
 from genlab.nn import build_net
 
 TIME_SCALE = 1000.0  # the denoisers' time input runs over [0, 1000] (Ho et al. 2020)
 
 
-class DenoiserFamily(AveragedNets, GenlabModule):
+class DenoiserFamily(ClassConditionalSampling, AveragedNets, GenlabModule):
     """Base of the diffusion and flow-matching families (see the module docstring)."""
 
     ema_of: tuple[str, ...] = ("denoiser",)
@@ -33,6 +45,33 @@ class DenoiserFamily(AveragedNets, GenlabModule):
         250  # val/fid samples unless metrics.n_val says otherwise: sampling is costly
     )
     density_resolution = 64  # toy2d density maps: log_prob on a 64x64 grid, upscaled
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        num_classes: int = 0,
+        net: NetSpec | None = None,
+        conditional: bool = False,
+        label_dropout: UnitInterval = 0.1,
+        guidance: NonNegativeFloat = 0.0,
+        lr: PositiveFloat = 2e-4,
+        warmup_steps: NonNegativeInt = 500,
+        betas: Betas = (0.9, 0.999),
+        optimizer: OptimizerName = "Adam",
+        optimizer_kwargs: dict | None = None,
+        weight_decay: NonNegativeFloat = 0.0,
+        ema_decay: Decay = 0.999,
+        ema_start: NonNegativeInt = 0,
+    ) -> None:
+        """The settings DDPM and flow matching share (each family adds its own and passes
+        these on): the denoiser net, class conditioning with classifier-free guidance
+        (``label_dropout``, ``guidance``), the optimiser with warm-up, the EMA."""
+        check_args(type(self), locals(), "model")
+        super().__init__()
+        # Lightning collects the arguments of every __init__ in the chain: the family's
+        # own and these.
+        self.save_hyperparameters(logger=False)
+        self.setup_denoiser(data_shape, num_classes, net, conditional)
 
     def setup_denoiser(
         self, data_shape: Sequence[int], num_classes: int, net: dict | None, conditional: bool
@@ -82,19 +121,6 @@ class DenoiserFamily(AveragedNets, GenlabModule):
         cond, uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
         return (1 + w) * cond - w * uncond
 
-    def _labels(self, y: Tensor | int | None, n: int) -> Tensor | None:
-        """(n,) labels for sampling: ``y`` broadcast, or the classes in turn (None for an
-        unconditional model)."""
-        if not self.hparams.conditional:
-            if y is not None:
-                raise ValueError(
-                    "sample(n, y=...) needs a conditional model (model.conditional=true)"
-                )
-            return None
-        if y is None:
-            return torch.arange(n, device=self.device) % self.null_label
-        return torch.as_tensor(y, device=self.device).expand(n)
-
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, *self.data_shape, generator=generator, device=self.device)
 
@@ -114,7 +140,7 @@ class DenoiserFamily(AveragedNets, GenlabModule):
         the sampler's step count (default ``model.sample_steps``); ``ema=False``: the
         trained net instead of its average; other keywords go to the sampler."""
         with contextlib.nullcontext() if ema else self.raw_weights():
-            labels = self._labels(y, n)
+            labels = self.sample_labels(y, n)
             x, _ = self._sample(self.noise(n, generator), labels, steps, generator, 0, **kwargs)
         return x
 
@@ -124,7 +150,7 @@ class DenoiserFamily(AveragedNets, GenlabModule):
     ) -> Tensor:
         """(frames, n, *data_shape): the sampling path from noise (first) to the sample
         (last), at evenly spaced steps."""
-        labels = self._labels(None, n)
+        labels = self.sample_labels(None, n)
         x, path = self._sample(self.noise(n, generator), labels, None, generator, frames, **kwargs)
         return torch.stack([*path, x])
 
@@ -140,17 +166,6 @@ class DenoiserFamily(AveragedNets, GenlabModule):
         """Noise z -> (sample, [z and the states after the steps in
         ``frame_steps(steps, record)``]) (the list is empty when record is 0)."""
         raise NotImplementedError
-
-    def sample_variants(self, split: str) -> dict[str, dict[str, Any]]:
-        """Scored next to the default sampler as ``{split}/fid_raw``: the trained net."""
-        return {"raw": {"ema": False}} if self.use_ema else {}
-
-    @property
-    def sample_conditional(self) -> Callable[..., Tensor]:
-        """Conditional models: ``sample_conditional(labels, generator)``."""
-        if not self.hparams.get("conditional", False):
-            raise AttributeError("an unconditional model has no sample_conditional")
-        return lambda labels, generator=None: self.sample(labels.shape[0], generator, y=labels)
 
     # ---- Lightning --------------------------------------------------------------------
     def train_terms(self, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:

@@ -27,19 +27,15 @@ the ODE likelihood are plain tensor code in ``genlab.nn.flow_matching``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from genlab.checks import (
-    Betas,
-    Decay,
     NetSpec,
-    NonNegativeFloat,
     NonNegativeInt,
-    OptimizerName,
     PositiveFloat,
     PositiveInt,
     UnitInterval,
@@ -72,24 +68,15 @@ class FlowMatching(DenoiserFamily):
         hutchinson_samples: PositiveInt = 1,
         exact_divergence_max_dim: NonNegativeInt = 16,
         bpd_max_images: NonNegativeInt = 1000,
-        conditional: bool = False,
-        label_dropout: UnitInterval = 0.1,
-        guidance: NonNegativeFloat = 0.0,
-        lr: PositiveFloat = 2e-4,
-        warmup_steps: NonNegativeInt = 500,
-        betas: Betas = (0.9, 0.999),
-        optimizer: OptimizerName = "Adam",
-        optimizer_kwargs: dict | None = None,
-        weight_decay: NonNegativeFloat = 0.0,
-        ema_decay: Decay = 0.999,
-        ema_start: NonNegativeInt = 0,
+        **kwargs: Any,
     ) -> None:
-        check_args(type(self), locals(), "model")
-        super().__init__()
+        """Flow matching's own settings; the shared ones (conditioning, optimiser, EMA)
+        are ``DenoiserFamily``'s."""
+        own = {k: v for k, v in locals().items() if k not in ("self", "kwargs")}
+        check_args(type(self), {**own, **kwargs}, "model")
         if sigma_min >= 1:
             raise ConfigError(f"model.sigma_min={sigma_min} must be below 1")
-        self.save_hyperparameters(logger=False)
-        self.setup_denoiser(data_shape, num_classes, net, conditional)
+        super().__init__(data_shape, num_classes, net, **kwargs)
         self.path = OTPath(0.0 if path == "rectified" else sigma_min)
 
     # ---- data space -------------------------------------------------------------------

@@ -29,7 +29,7 @@ discriminator, D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -52,6 +52,7 @@ from genlab.data.transforms import eval_generator, symmetric_image, to_symmetric
 from genlab.errors import ConfigError
 from genlab.models.common import GenlabModule, adam_betas, make_optimizer
 from genlab.models.ema import AveragedNets
+from genlab.models.sampling import ClassConditionalSampling
 from genlab.nn import MLP, Conv, build_net
 from genlab.nn.conditional import ConditionalGenerator, ProjectionCritic
 from genlab.nn.langevin import langevin
@@ -61,7 +62,7 @@ UpdateRule = Literal["alternating", "single_step"]
 PROJECTION_WIDTH = 128  # phi(x) of the conditional critic (SNGAN's projection: the last width)
 
 
-class GAN(AveragedNets, GenlabModule):
+class GAN(ClassConditionalSampling, AveragedNets, GenlabModule):
     """Generator G: z (B, latent_dim) -> x (B, *data_shape) in [-1, 1]; critic D: x -> score."""
 
     ema_of: tuple[str, ...] = ("generator",)  # the sampling side's nets, averaged
@@ -147,7 +148,7 @@ class GAN(AveragedNets, GenlabModule):
         for _ in range(n_batches):
             z = self.noise(batch_size, g)
             if self.hparams.get("conditional"):
-                net(z, self._labels(None, batch_size))
+                net(z, self.sample_labels(None, batch_size))
             else:
                 net(z)
         for m, momentum in zip(norms, momenta, strict=True):
@@ -209,13 +210,7 @@ class GAN(AveragedNets, GenlabModule):
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """G(z) (G(z, y) when conditional): (B, latent_dim) -> (B, *data_shape)."""
         g = self.active_net("generator")
-        return g(z, self._labels(y, z.shape[0])) if self.hparams.conditional else g(z)
-
-    def _labels(self, y: Tensor | int | None, n: int) -> Tensor:
-        """(n,) labels: ``y`` broadcast, or classes 0, 1, ..., K-1, 0, ... when None."""
-        if y is None:
-            return torch.arange(n, device=self.device) % self.hparams.num_classes
-        return torch.as_tensor(y, device=self.device).expand(n)
+        return g(z, self.sample_labels(y, z.shape[0])) if self.hparams.conditional else g(z)
 
     def fake_side(self, z: Tensor, y: Tensor | None = None) -> Any:
         """D's input for noise z: G(z), (G(z, y), y) when conditional; ALI: (G(z), z)."""
@@ -241,12 +236,10 @@ class GAN(AveragedNets, GenlabModule):
         ``langevin_steps`` (default ``model.langevin_steps``): refine z by Langevin
         dynamics on :meth:`energy` first (step ``model.langevin_step_size``). ``ema=False``:
         the trained generator instead of its average (in evaluation mode)."""
-        if y is not None and not self.hparams.conditional:
-            raise ValueError("sample(n, y=...) needs a conditional GAN (model.conditional=true)")
         ctx = contextlib.nullcontext() if ema else self.raw_weights()
         with ctx:
+            labels = self.sample_labels(y, n)
             z = self.noise(n, generator)
-            labels = self._labels(y, n) if self.hparams.conditional else None
             steps = langevin_steps
             if steps is None:
                 steps = self.hparams.get("langevin_steps", 0)
@@ -259,17 +252,10 @@ class GAN(AveragedNets, GenlabModule):
         """Other ways to sample this model that the scores report as ``{split}/fid_<key>``:
         the trained generator (``raw``) when sampling uses the EMA; at test time with
         ``model.langevin_steps > 0`` sampling uses Langevin and ``plain`` is without it."""
-        out: dict[str, dict[str, Any]] = {"raw": {"ema": False}} if self.use_ema else {}
+        out = super().sample_variants(split)
         if split == "test" and self.hparams.get("langevin_steps", 0):
             out["plain"] = {"langevin_steps": 0}
         return out
-
-    @property
-    def sample_conditional(self) -> Callable[..., Tensor]:
-        """Conditional GANs: ``sample_conditional(labels, generator)`` (len(labels), ...)."""
-        if not self.hparams.get("conditional", False):
-            raise AttributeError("an unconditional GAN has no sample_conditional")
-        return lambda labels, generator=None: self.sample(labels.shape[0], generator, y=labels)
 
     # ---- objectives -------------------------------------------------------------------
     def inputs(self, batch) -> Any:
