@@ -51,6 +51,7 @@ def test_iwae_chunks_cover_the_samples_and_grow_to_the_free_gpu_memory(monkeypat
 PHASES = {
     "dbn": ["model.pretrain_epochs=1", "trainer.max_epochs=5"],
     "glann": ["model.glo_epochs=1", "trainer.max_epochs=2"],
+    "infomax": ["model.shift=2"],  # the documented recipe: random translations per step
 }
 
 

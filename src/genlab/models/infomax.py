@@ -224,8 +224,10 @@ class InfoMax(GenlabModule):
 def random_shift(x: Tensor, s: int, generator: torch.Generator | None = None) -> Tensor:
     """Each image translated by its own random offset in [-s, s] pixels each way, the
     border filled with the background (the minimum value): (B, C, H, W) -> same."""
-    b, _, hgt, wid = x.shape
-    pad = F.pad(x, (s, s, s, s), value=float(x.min()))  # (B, C, H + 2s, W + 2s)
+    b, c, hgt, wid = x.shape
+    # (B, C, H + 2s, W + 2s) filled with the minimum, kept on the device (no host sync)
+    pad = x.amin().expand(b, c, hgt + 2 * s, wid + 2 * s).clone()
+    pad[:, :, s : s + hgt, s : s + wid] = x
     off = torch.randint(0, 2 * s + 1, (2, b), generator=generator, device=x.device)
     rows = off[0, :, None] + torch.arange(hgt, device=x.device)  # (B, H)
     cols = off[1, :, None] + torch.arange(wid, device=x.device)  # (B, W)
