@@ -319,12 +319,12 @@ def test_conditional_gan_samples_carry_their_class(make_cfg, tmp_path) -> None:
     cfg = make_cfg(
         "model=gan", "model.conditional=true", "model/net=mlp", "model.net.hidden_sizes=[128]",
         "model.net.activation=LeakyReLU", "model.latent_dim=16", "model.ema_decay=0.99",
-        "model.monitor=null", "trainer.max_epochs=100", "metrics.every_n_epochs=0",
-        "callbacks.image_grids.every_n_epochs=100",
+        "model.monitor=null", "trainer.max_epochs=40", "metrics.every_n_epochs=0",
+        "callbacks.image_grids.every_n_epochs=40",
     )  # fmt: skip
     metrics, objs = train(cfg)
     # The feature network's accuracy on samples of given classes: chance is 0.1.
-    assert metrics["test/cond_acc"] > 0.5, metrics
+    assert metrics["test/cond_acc"] > 0.5, metrics  # measured: 1.00 at 40 epochs, 0.28 at 20
     assert {"test/fid_raw", "test/kid_raw"} <= set(metrics)
     assert any((tmp_path / "images").glob("classes_*.png"))  # class grids drawn
     model = objs["model"].eval()

@@ -40,7 +40,9 @@ CACHE = Path(os.environ["GENLAB_CACHE"])
 def mnist():
     dm = MNIST(data_dir=str(DATA_DIR), download=False)
     dm.setup()
-    net, record = get_feature_net(dm, CACHE)
+    # One epoch (the default budget is 5): what these tests check needs no more, and it
+    # costs a fifth of the time.
+    net, record = get_feature_net(dm, CACHE, epochs=1)
     return dm, net, record
 
 
@@ -52,12 +54,12 @@ def _features(net, x: torch.Tensor) -> torch.Tensor:
 @needs_mnist
 def test_mnist_feature_net_is_accurate_and_cached(mnist) -> None:
     dm, net, record = mnist
-    assert record["test_acc"] >= 0.99, record
-    path = cache_path(CACHE, net_key(dm, "classifier", 5))
+    assert record["test_acc"] >= 0.985, record  # one epoch; 5 epochs (the default): 99.3%
+    path = cache_path(CACHE, net_key(dm, "classifier", 1))
     mtime = path.stat().st_mtime
-    again, record2 = get_feature_net(dm, CACHE)  # from the cache: not retrained
+    again, record2 = get_feature_net(dm, CACHE, epochs=1)  # from the cache: not retrained
     assert path.stat().st_mtime == mtime and record2["digest"] == record["digest"]
-    assert record2["key"]["images"] == net_key(dm, "classifier", 5)["images"]
+    assert record2["key"]["images"] == net_key(dm, "classifier", 1)["images"]
     assert not any(p.requires_grad for p in again.parameters())  # frozen
 
 

@@ -223,12 +223,17 @@ class RBM(BinaryImages, GenlabModule):
 
     def on_test_epoch_start(self) -> None:
         hp = self.hparams
-        self._prepare("test", hp.ais_runs, hp.ais_betas)
+        runs, betas = hp.ais_runs, hp.ais_betas
+        if runs and getattr(self._trainer, "fast_dev_run", False):
+            # A smoke run stays a smoke run: the validation's shorter AIS.
+            runs, betas = min(runs, hp.val_ais_runs or 16), min(betas, hp.val_ais_betas or 1000)
+            log.info(f"fast_dev_run: test AIS with {runs} runs x {betas} temperatures")
+        self._prepare("test", runs, betas)
         if "test" in self.log_z:
             lo, hi = self.ais_spread["test"]
             log.info(
-                f"AIS log Z = {float(self.log_z['test']):.3f} ({hp.ais_runs} runs, "
-                f"{hp.ais_betas} temperatures; +-3 s.e. of the weights: [{lo:.3f}, {hi:.3f}])"
+                f"AIS log Z = {float(self.log_z['test']):.3f} ({runs} runs, "
+                f"{betas} temperatures; +-3 s.e. of the weights: [{lo:.3f}, {hi:.3f}])"
             )
 
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
