@@ -17,6 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share the cores: one thread each (and in the runs they start), set
+    # before torch is imported; tiny nets gain nothing from more.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    if "torch" in sys.modules:  # a plugin imported it first
+        sys.modules["torch"].set_num_threads(1)
 # Feature networks and real-feature caches go to one fresh folder per test session
 # (never into the shared data sets; CI trains the MNIST network once per run).
 os.environ.setdefault("GENLAB_CACHE", tempfile.mkdtemp(prefix="genlab-cache-"))
