@@ -75,7 +75,8 @@ def test_fid_orders_real_and_noise_and_grows_with_noise(mnist) -> None:
     train_x = dm.splits["train"][0][:10000]
     same = frechet_distance(real, _features(net, train_x))
     noise = frechet_distance(real, _features(net, _noise(10000, 0)))
-    assert noise > 100 * same > 0, (same, noise)  # measured: 6.6 vs 3611
+    assert noise > 100 * same > 0, (same, noise)  # measured (5-epoch net): 6.6 vs 3611
+    train_x = train_x[:4000]  # the mixtures: 4,000 images each
     mixed = []
     for frac in (0.0, 0.25, 0.5):
         x = train_x.clone()

@@ -139,6 +139,7 @@ class RBM(BinaryImages, GenlabModule):
         self.register_buffer("pixel_mean", torch.full((V,), 0.5))
         self.log_z: dict[str, Tensor] = {}  # split -> AIS log Z used by batch_metrics
         self.ais_spread: dict[str, tuple[float, float]] = {}
+        self.ais_size: dict[str, tuple[int, int]] = {}  # (runs, temperatures) used
 
     # ---- sampling and views ---------------------------------------------------------
     @torch.no_grad()
@@ -213,9 +214,12 @@ class RBM(BinaryImages, GenlabModule):
         if runs == 0:
             self.log_z.pop(split, None)
             return
+        if getattr(self._trainer, "fast_dev_run", False):
+            runs, betas = min(runs, 16), min(betas, 1000)  # a smoke run stays a smoke run
         est = self.estimate_log_z(runs, betas)
         self.log_z[split] = est.log_z.float()
         self.ais_spread[split] = (est.lo, est.hi)
+        self.ais_size[split] = (runs, betas)
 
     def on_validation_epoch_start(self) -> None:
         hp = self.hparams
@@ -223,14 +227,10 @@ class RBM(BinaryImages, GenlabModule):
 
     def on_test_epoch_start(self) -> None:
         hp = self.hparams
-        runs, betas = hp.ais_runs, hp.ais_betas
-        if runs and getattr(self._trainer, "fast_dev_run", False):
-            # A smoke run stays a smoke run: the validation's shorter AIS.
-            runs, betas = min(runs, hp.val_ais_runs or 16), min(betas, hp.val_ais_betas or 1000)
-            log.info(f"fast_dev_run: test AIS with {runs} runs x {betas} temperatures")
-        self._prepare("test", runs, betas)
+        self._prepare("test", hp.ais_runs, hp.ais_betas)
         if "test" in self.log_z:
             lo, hi = self.ais_spread["test"]
+            runs, betas = self.ais_size["test"]
             log.info(
                 f"AIS log Z = {float(self.log_z['test']):.3f} ({runs} runs, "
                 f"{betas} temperatures; +-3 s.e. of the weights: [{lo:.3f}, {hi:.3f}])"
