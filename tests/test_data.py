@@ -98,10 +98,12 @@ def test_batches_cover_each_example_once_per_epoch() -> None:
 def test_transforms() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g)
-    assert to_unit(x).min() >= 0 and to_unit(x).max() <= 1
+    values = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    assert torch.equal(to_unit(values), torch.tensor([0.0, 128 / 255, 1.0]))
     assert torch.allclose(to_symmetric(x), to_unit(x) * 2 - 1, atol=1e-6)
     b = binarize(x, torch.Generator().manual_seed(1))
     assert set(b.unique().tolist()) <= {0.0, 1.0}
+    assert not binarize(torch.zeros_like(x)).any() and binarize(torch.full_like(x, 255)).all()
     # E[binarize(x)] = x / 255; the mean over 50k pixels is within a few standard errors.
     assert abs(b.mean() - to_unit(x).mean()) < 0.01
     assert torch.equal(binarize(x, torch.Generator().manual_seed(1)), b)  # seeded: reproducible

@@ -283,10 +283,14 @@ def test_runs_on_digits_log_bpd_and_reload_without_hydra(make_cfg, tmp_path, fam
     assert 0 < metrics["test/bpd"] < 16  # bits/dim of 8-bit data, untrained
     assert {"val/fid", "val/fid_raw", "test/fid"} <= set(metrics)
     if family == "ddpm":
-        parts = (
-            metrics["test/prior_kl"] + metrics["test/decoder_nll"] + metrics["test/diffusion_kl"]
-        )
-        assert math.isclose(-metrics["test/elbo"], parts, rel_tol=1e-4)
+        # KL(q(x_T | x_0) || N(0, I)) in closed form on the test images (its part of the
+        # bound needs no network): 0.5 sum(abar x^2 + (1 - abar) - log(1 - abar) - 1).
+        x0 = objs["datamodule"].splits["test"][0].double() / 127.5 - 1
+        abar = float(objs["model"].diffusion.abar[-1])
+        closed = 0.5 * (abar * x0**2 + (1 - abar) - math.log(1 - abar) - 1).flatten(1).sum(1)
+        # (tiny for T = 1000: float32 cancellation in the model's KL costs ~1%)
+        want = float(closed.mean())
+        assert math.isclose(metrics["test/prior_kl"], want, rel_tol=0.05), (metrics, want)
         assert math.isclose(
             metrics["test/bpd"], -metrics["test/elbo"] / (64 * math.log(2)), rel_tol=1e-4
         )
@@ -297,8 +301,9 @@ def test_runs_on_digits_log_bpd_and_reload_without_hydra(make_cfg, tmp_path, fam
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     model = cls.load_from_checkpoint(ckpt).eval()
     assert torch.allclose(model.ema_count, objs["model"].ema_count)
+    # The reloaded model samples as the trained one (its EMA weights): the same images.
     s = model.sample(3, _gen(0), steps=3)
-    assert s.shape == (3, 1, 8, 8) and s.abs().max() <= 1
+    assert torch.allclose(s, objs["model"].eval().sample(3, _gen(0), steps=3), atol=1e-5)
     # eval.py on the checkpoint: the same test metrics, from the EMA weights
     from omegaconf import OmegaConf
 

@@ -241,7 +241,6 @@ def test_fast_dev_run_every_flow(make_cfg, model: str, data: str) -> None:
     small = "model.hidden_sizes=[64,64]" if model == "nice" else "model.channels=16"
     metrics, objs = train(make_cfg(f"model={model}", f"data={data}", small, "trainer=debug"))
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loglik"])
-    assert metrics["test/loss"] == pytest.approx(-metrics["test/loglik"], rel=1e-6)
     if data == "digits":  # 8-bit images: bits/dim; the identity with loglik holds
         bpd = (-metrics["test/loglik"] + 64 * math.log(256)) / (64 * math.log(2))
         assert metrics["test/bpd"] == pytest.approx(bpd, rel=1e-5)

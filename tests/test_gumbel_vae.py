@@ -31,6 +31,13 @@ def test_gumbel_softmax_samples_lie_on_the_simplex(tau: float) -> None:
     assert y.shape == logits.shape
     assert (y >= 0).all() and torch.allclose(y.sum(-1), torch.ones(512, 20), atol=1e-5)
     assert (y < 1).any()  # relaxed: not every sample is a vertex
+    # Gumbel-max: the argmax of a relaxed sample is distributed as softmax(logits), at any
+    # temperature (wrong noise, e.g. log(-log u), breaks it).
+    one = logits[:1, :1].expand(20000, 1, 10)
+    pick = gumbel_softmax(one, tau, generator=torch.Generator().manual_seed(2)).argmax(-1)
+    freq = torch.bincount(pick.flatten(), minlength=10).double() / pick.numel()
+    p = torch.softmax(logits[0, 0].double(), -1)
+    assert torch.all((freq - p).abs() < 4 * (p * (1 - p) / pick.numel()).sqrt() + 1e-3), (freq, p)
 
 
 def test_straight_through_is_one_hot_forward_and_soft_backward() -> None:

@@ -3,6 +3,7 @@ enumeration on tiny RBMs; RBM / DBN runs, persistent chains and reloads."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -109,10 +110,16 @@ def test_ais_matches_exact_log_partition() -> None:
     est = ais_log_partition(rbm, torch.log(base) - torch.log1p(-base), scaled_betas(3000), 200, g)
     log_z = float(est.log_z)
     assert abs(log_z - exact) < 0.1, (log_z, exact)
-    assert est.lo <= log_z <= est.hi and est.hi - log_z < 0.2  # the reported spread
+    # The reported spread (+-3 s.e. of the weights) holds the enumerated log Z.
+    assert est.lo <= exact <= est.hi and est.hi - log_z < 0.2, (est.lo, exact, est.hi)
     assert est.log_w.shape == (200,)
     lo, hi = log_mean_exp_bounds(torch.zeros(5))  # equal weights: no spread
     assert lo == hi == 0.0
+    # weights 1 and 3: mean 2, s.e. 1, so 2 - 3 < 0 (no lower bound) and log(2 + 3);
+    # shifting the log weights by 100 shifts both ends by 100 (the max is added back).
+    w = torch.log(torch.tensor([1.0, 3.0], dtype=torch.float64))
+    assert log_mean_exp_bounds(w) == (-math.inf, pytest.approx(math.log(5)))
+    assert log_mean_exp_bounds(w + 100)[1] == pytest.approx(math.log(5) + 100)
     # A one-step "schedule" (plain importance sampling from the base model) is worse.
     one = ais_log_partition(rbm, torch.log(base) - torch.log1p(-base), scaled_betas(3), 200, g)
     assert abs(float(one.log_z) - exact) > abs(log_z - exact)
@@ -158,7 +165,14 @@ def test_dbn_stages_pretrain_then_finetune_and_reload(make_cfg, tmp_path) -> Non
     # ... and fine-tuned copies of the encoder, leaving the RBMs (the DBN) as pre-trained.
     assert not torch.equal(model.enc_W[0], model.rbms[0].W)
     assert all(math.isfinite(metrics[k]) for k in ("test/loss", "test/mse"))
-    assert metrics["test/mse"] < 64  # squared error per 8x8 image in [0, 1]: below all-wrong
+    # Squared error per image at most the pixel-mean baseline of the binarised test
+    # digits (every image reconstructed as the mean image; measured: 4.66 vs 4.64 after
+    # these few steps through a 4-unit code), far below a decoder that has not learnt
+    # the pixel statistics (0.5 everywhere: 16).
+    x = model.preprocess(objs["datamodule"].splits["test"][0], torch.Generator().manual_seed(0))
+    x = x.flatten(1)
+    baseline = float(((x - x.mean(0)) ** 2).sum(1).mean())
+    assert metrics["test/mse"] < 1.02 * baseline, (metrics["test/mse"], baseline)
     assert (tmp_path / "images" / "filters_epoch0000.png").exists()
     # best.ckpt is a fine-tuning epoch (the monitor is logged from then on); reloads
     # without Hydra with its stage.
@@ -208,8 +222,10 @@ def test_pcd_chains_checkpoint_and_reload(make_cfg, tmp_path) -> None:
     metrics, objs = train(cfg)
     model = objs["model"]
     assert math.isfinite(metrics["test/loglik"]) and metrics["test/loglik"] < 0
-    assert metrics["test/log_z_lo"] <= metrics["test/log_z"] <= metrics["test/log_z_hi"]
-    assert metrics["test/loss"] == pytest.approx(-metrics["test/loglik"])
+    # 16 hidden units: log Z by enumeration. The short AIS (8 runs x 200 temperatures)
+    # lands near it, and test/loglik = -F(v) - log Z with the AIS value.
+    exact = float(exact_log_partition(copy.deepcopy(model.rbm).double()))
+    assert abs(metrics["test/log_z"] - exact) < 1.0, (metrics["test/log_z"], exact)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     saved = ckpt["state_dict"]["chains"]
     assert saved.shape == (20, 64) and set(saved.unique().tolist()) <= {0.0, 1.0}

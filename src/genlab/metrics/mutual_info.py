@@ -11,7 +11,7 @@ holds L independent problems (Deep InfoMax's locations) that are averaged.
 - ``dv``: the Donsker-Varadhan bound E_pos[T] - log E_neg[exp T] (nats); unbiased only
   as B -> infinity (the log of a batch mean), high variance.
 - ``jsd`` (Nowozin et al. 2016; Hjelm et al. 2019): E_pos[-softplus(-T)] -
-  E_neg[softplus(T)], the Jensen-Shannon variational bound: not in nats (at most 2 log 2,
+  E_neg[softplus(T)], the Jensen-Shannon variational bound: not in nats (at most 0,
   rising monotonically with the true MI for a fixed family of critics), but a gradient
   signal that is stable for any batch size.
 
@@ -57,7 +57,8 @@ def donsker_varadhan(scores: Tensor) -> Tensor:
 
 
 def jsd(scores: Tensor) -> Tensor:
-    """Jensen-Shannon bound: E_pos[-softplus(-T)] - E_neg[softplus(T)] (at most 2 log 2)."""
+    """Jensen-Shannon estimate: E_pos[-softplus(-T)] - E_neg[softplus(T)] (at most 0; at the
+    best critic T* it is 2 JS(p, q) - 2 log 2)."""
     pos, neg_mask = _split(scores)
     return (-F.softplus(-pos)).mean() - F.softplus(scores[neg_mask]).mean()
 
