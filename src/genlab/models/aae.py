@@ -14,7 +14,6 @@ model is a sampler: recon ignores how well the codes match the prior).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -88,7 +87,7 @@ class AAE(UnitImageCodec, GAN):
     def sample(self, n: int, generator: torch.Generator | None = None, ema: bool = True) -> Tensor:
         """sigmoid(G(z)), z ~ N(0, I): (n, *data_shape) in [0, 1] (in evaluation mode with
         the averaged decoder; ``ema=False``: the trained one)."""
-        with contextlib.nullcontext() if ema else self.raw_weights():
+        with self.weights(ema):
             return self.mean(self.decode(self.noise(n, generator)))
 
     def decode(self, z: Tensor) -> Tensor:

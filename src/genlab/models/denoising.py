@@ -8,7 +8,6 @@ Subclasses define ``preprocess`` (uint8 -> model space), ``train_terms(x, y)``,
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -139,7 +138,7 @@ class DenoiserFamily(ClassConditionalSampling, AveragedNets, GenlabModule):
         to [0, 1]). ``y``: classes of a conditional model (default: in turn); ``steps``:
         the sampler's step count (default ``model.sample_steps``); ``ema=False``: the
         trained net instead of its average; other keywords go to the sampler."""
-        with contextlib.nullcontext() if ema else self.raw_weights():
+        with self.weights(ema):
             labels = self.sample_labels(y, n)
             x, _ = self._sample(self.noise(n, generator), labels, steps, generator, 0, **kwargs)
         return x

@@ -54,6 +54,11 @@ class AveragedNets:
         finally:
             self.use_ema = use
 
+    def weights(self, ema: bool = True) -> contextlib.AbstractContextManager:
+        """``with model.weights(ema):`` the averaged nets (True, in evaluation mode) or
+        the trained ones (False): what ``sample(..., ema=...)`` draws with."""
+        return contextlib.nullcontext() if ema else self.raw_weights()
+
     @property
     def ema_own_buffers(self) -> tuple[str, ...]:
         """Nets whose averaged copies keep their own buffers (not copied from the trained

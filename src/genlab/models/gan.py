@@ -28,7 +28,6 @@ discriminator, D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018)
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -236,8 +235,7 @@ class GAN(ClassConditionalSampling, AveragedNets, GenlabModule):
         ``langevin_steps`` (default ``model.langevin_steps``): refine z by Langevin
         dynamics on :meth:`energy` first (step ``model.langevin_step_size``). ``ema=False``:
         the trained generator instead of its average (in evaluation mode)."""
-        ctx = contextlib.nullcontext() if ema else self.raw_weights()
-        with ctx:
+        with self.weights(ema):
             labels = self.sample_labels(y, n)
             z = self.noise(n, generator)
             steps = langevin_steps
