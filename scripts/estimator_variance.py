@@ -65,15 +65,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(True)
     model = GumbelVAE.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
-    h = model.hparams
+    hp = model.hparams
     step = torch.load(args.ckpt, map_location="cpu", weights_only=True)["global_step"]
-    tau = temperature(step, h.tau0, h.tau_min, h.tau_rate)  # the checkpoint's temperature
+    tau = temperature(step, hp.tau0, hp.tau_min, hp.tau_rate)  # the checkpoint's temperature
     dm = MNIST(data_dir=os.environ.get("GENLAB_DATA", "data"), download=False)
     dm.setup()
     x = binarize(dm.splits["test"][0][: args.images], torch.Generator().manual_seed(0))
     # The reference: REINFORCE is unbiased for the exact objective's gradient.
     ref = mean_gradient(model, x, "reinforce", args.reference_samples, 1, tau)
-    results = {"checkpoint_step": step, "tau": tau, "trained_with": h.estimator}
+    results = {"checkpoint_step": step, "tau": tau, "trained_with": hp.estimator}
     for est in ESTIMATORS:
         grads = gradients(model, x, est, args.samples, 2, tau)
         mean = mean_gradient(model, x, est, args.reference_samples, 3, tau)
