@@ -31,7 +31,7 @@ from genlab.callbacks import ImageGrids, LatentTools, SampleScores, TestProgress
 from genlab.checkpoints import migrate_hparams, read_checkpoint
 from genlab.checks import check_accelerator, check_config, check_writable, import_target
 from genlab.errors import CheckpointError, ConfigError, GenlabError
-from genlab.trust import check_names, only_trusted
+from genlab.trust import check_names, named_paths, only_trusted
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,11 @@ def evaluate(
 def check_run_classes(cfg: DictConfig, hparams: dict[str, Any]) -> None:
     """Every class the config and the checkpoint's hyper-parameters name is trusted, and
     the model and data targets are a LightningModule and a LightningDataModule class."""
-    check_names(OmegaConf.to_container(cfg, resolve=False), "")
-    check_names(hparams, "checkpoint hyper_parameters")
+    for source, where in ((OmegaConf.to_container(cfg, resolve=False), ""), (hparams, "")):
+        check_names(source, where)
+        for key, path in named_paths(source, where):
+            if not isinstance(import_target(path), type):  # trusted: importing is safe
+                raise ConfigError(f"{key}={path!r} is not a class: a run may only name classes")
     for key, base in (("model", pl.LightningModule), ("data", pl.LightningDataModule)):
         target = cfg[key]._target_
         cls = import_target(target)

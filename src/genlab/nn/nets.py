@@ -20,7 +20,7 @@ from torch import nn
 
 from genlab.checks import ActivationName, NonNegativeInt, PositiveInt, check_args
 from genlab.errors import ConfigError
-from genlab.trust import check_trusted
+from genlab.trust import check_trusted, restricted
 
 
 def _activation(name: str) -> nn.Module:
@@ -293,6 +293,8 @@ def build_net(spec: dict | None) -> Any:
             "use genlab.nn.MLP, genlab.nn.Conv or genlab.nn.ResNet "
             "(denoisers: genlab.nn.UNet, genlab.nn.TimeMLP)"
         ) from None
+    if restricted() and not isinstance(cls, type):  # a checkpoint names a function
+        raise ConfigError(f"model.net.arch={path!r} is not a class: refused")
     try:
         return cls(**spec)
     except TypeError as e:
