@@ -1,4 +1,4 @@
-"""Class-prior CVAE (docs/models.md#cvae): the KL formula, its reduction to the VAE, and
+"""Class-prior CVAE (docs/models/vae.md#cvae): the KL formula, its reduction to the VAE, and
 class-conditioned samples the feature network recognises."""
 
 from __future__ import annotations

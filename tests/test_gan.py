@@ -1,4 +1,4 @@
-"""GAN family (docs/models.md#gans): single-step stop-gradient training gives each network the
+"""GAN family (docs/models/gan.md): single-step stop-gradient training gives each network the
 gradients of its own alternating loss, the frozen critic passes gradients to G only,
 O-GAN's correlation term is Pearson's, and short runs behave."""
 

@@ -1,4 +1,4 @@
-"""Categorical VAE (docs/models.md#categorical-vae): Gumbel-Softmax on the simplex, straight-through
+"""Categorical VAE (docs/models/gumbel_vae.md): Gumbel-Softmax on the simplex, straight-through
 one-hot forward, REINFORCE unbiasedness against an enumerated exact gradient, the KL's
 log K constant, the IWAE bound against the exact likelihood, and the tau schedule."""
 

@@ -1,4 +1,5 @@
-"""Generated 2-D densities for flows: moons, eight Gaussians, checkerboard, rings."""
+"""Generated 2-D densities for the families that take vectors (flows, GANs with MLP nets,
+DDPM and flow matching with time_mlp, ...): moons, eight Gaussians, checkerboard, rings."""
 
 from __future__ import annotations
 

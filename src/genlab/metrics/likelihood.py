@@ -19,14 +19,14 @@ LOG_2PI = math.log(2 * math.pi)
 
 def gaussian_kl(mu: Tensor, log_var: Tensor, prior_mu: Tensor | None = None) -> Tensor:
     """KL(N(mu, diag(exp(log_var))) || N(prior_mu, I)) for (..., d) inputs -> (...);
-    ``prior_mu`` None is the standard normal prior (docs/models.md#vae, docs/models.md#cvae)."""
+    ``prior_mu`` None is the standard normal prior (docs/models/vae.md)."""
     diff = mu if prior_mu is None else mu - prior_mu
     return 0.5 * (diff.pow(2) + log_var.exp() - log_var - 1.0).sum(-1)
 
 
 def categorical_kl_uniform(logits: Tensor) -> Tensor:
     """KL(q || Uniform(K)) = sum q log(q K) for N categoricals: logits (..., N, K) -> (...)
-    (docs/models.md#categorical-vae; log K per variable is the KL of a one-hot posterior)."""
+    (docs/models/gumbel_vae.md; log K per variable is the KL of a one-hot posterior)."""
     log_q = torch.log_softmax(logits, dim=-1)
     k = logits.shape[-1]
     return (log_q.exp() * (log_q + math.log(k))).sum((-2, -1))

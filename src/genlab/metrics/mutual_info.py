@@ -1,4 +1,4 @@
-"""Critic-based mutual-information estimators (docs/models.md#infomax).
+"""Critic-based mutual-information estimators (docs/models/infomax.md).
 
 Each takes a score matrix ``scores`` (B, B) or (B, B, L): ``scores[i, j] = T(a_i, b_j)``,
 a critic's score of the pair formed by sample i's first view and sample j's second

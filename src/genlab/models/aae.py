@@ -1,4 +1,4 @@
-"""Adversarial auto-encoder (Makhzani et al. 2015); docs/models.md#aae.
+"""Adversarial auto-encoder (Makhzani et al. 2015); docs/models/aae.md.
 
 An auto-encoder x -> z = E(x) -> logits G(z) whose aggregate posterior is matched to the
 prior N(0, I) by a GAN on the latent space: D tells prior draws z ~ N(0, I) (the "real"

@@ -1,4 +1,4 @@
-"""Deterministic auto-encoder; docs/models.md#ae.
+"""Deterministic auto-encoder; docs/models/ae.md.
 
 recon = sum over pixels of the reconstruction error, averaged over the batch:
     mse: ||x - G(E(x))||^2        bce: -sum [x log x' + (1 - x) log(1 - x')]

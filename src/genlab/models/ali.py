@@ -1,4 +1,4 @@
-"""ALI / BiGAN (Dumoulin et al. 2016; Donahue et al. 2016); docs/models.md#ali.
+"""ALI / BiGAN (Dumoulin et al. 2016; Donahue et al. 2016); docs/models/ali.md.
 
 An encoder E: x -> z and a generator G: z -> x are trained against one joint critic
 D(x, z) that tells data pairs (x, z ~ q(z|x)) from model pairs (G(z), z ~ N(0, I)). D

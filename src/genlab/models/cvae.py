@@ -1,4 +1,4 @@
-"""Conditional VAE with class priors (docs/models.md#cvae): one learned prior mean per class.
+"""Conditional VAE with class priors (docs/models/vae.md#cvae): one learned prior mean per class.
 
 Only the prior changes from the VAE: p(z | y) = N(mu_y, I), so
 

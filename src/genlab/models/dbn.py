@@ -1,4 +1,4 @@
-"""Deep belief network and the RBM-pretrained deep auto-encoder; docs/models.md#dbn.
+"""Deep belief network and the RBM-pretrained deep auto-encoder; docs/models/rbm.md#dbn.
 
 Stages, in one run, by epoch:
 

@@ -1,4 +1,4 @@
-"""Denoising diffusion probabilistic models (docs/models.md#ddpm; Ho et al. 2020).
+"""Denoising diffusion probabilistic models (docs/models/ddpm.md; Ho et al. 2020).
 
 Forward process over T steps (index i = 0..T-1 is the paper's t = i + 1):
 

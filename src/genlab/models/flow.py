@@ -1,4 +1,4 @@
-"""Normalizing flows (docs/models.md#flows): NICE, RealNVP and Glow on one exact-likelihood base.
+"""Normalizing flows (docs/models/flows.md): NICE, RealNVP and Glow on one exact-likelihood base.
 
     log p(x) = log p_H(f(x)) + log|det df/dx|          (nats per example)
 
@@ -100,7 +100,7 @@ class Flow(GenlabModule):
         return self.flow.inverse(h)[0].view(n, *self.data_shape)
 
     def bits_per_dim(self, loglik: Tensor) -> Tensor:
-        """bpd of 8-bit data from log p of its dequantised [0, 1] version (docs/models.md#flows)."""
+        """bpd of 8-bit data from log p of its dequantised [0, 1] version (docs/models/flows.md)."""
         return (-loglik + self.dim * math.log(256)) / (self.dim * math.log(2))
 
     # ---- Lightning --------------------------------------------------------------------
@@ -148,7 +148,7 @@ class Flow(GenlabModule):
 class NICE(Flow):
     """NICE (Dinh et al. 2014): additive couplings on alternating odd/even halves of the
     flattened data, each conditioner a ReLU MLP, then a diagonal scaling
-    (docs/models.md#nice)."""
+    (docs/models/flows.md#nice)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Flow matching (docs/models.md#flow-matching; Lipman et al. 2023) and rectified flow
+"""Flow matching (docs/models/flow_matching.md; Lipman et al. 2023) and rectified flow
 (Liu et al. 2023).
 
 Noise x_0 ~ N(0, I) at t = 0, data x_1 at t = 1; the conditional optimal-transport path

@@ -1,4 +1,4 @@
-"""GANs (docs/models.md#gans): WGAN-GP, hinge and non-saturating losses; alternating or
+"""GANs (docs/models/gan.md): WGAN-GP, hinge and non-saturating losses; alternating or
 single-step (stop-gradient) updates.
 
 Images live in [-1, 1] (the generator ends in tanh); 2-D data (``data=toy2d``, with

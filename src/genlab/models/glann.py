@@ -1,4 +1,4 @@
-"""GLANN: generative latent nearest neighbours (Hoshen, Li & Malik 2019); docs/models.md#glann.
+"""GLANN: generative latent nearest neighbours (Hoshen, Li & Malik 2019); docs/models/glann.md.
 
 Two non-adversarial stages in one run, data as grey values x in [0, 1]:
 

@@ -1,5 +1,5 @@
 """Discrete-latent VAE: N categorical variables with K categories each
-(docs/models.md#categorical-vae).
+(docs/models/gumbel_vae.md).
 
 q(z|x) = prod_n Cat(z_n; softmax(logits_n)), p(z) uniform, one-hot codes z: (B, N, K).
 All terms are nats per image (sums over pixels and latents, means over the batch):

@@ -1,4 +1,4 @@
-"""Deep InfoMax (Hjelm et al. 2019); docs/models.md#infomax.
+"""Deep InfoMax (Hjelm et al. 2019); docs/models/infomax.md.
 
 A conv encoder maps an image x to a local feature map C(x) (B, c, h, w) and, through a
 fully connected layer, to a global code y = E(x) (B, code_dim). The encoder maximises

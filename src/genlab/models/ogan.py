@@ -1,4 +1,4 @@
-"""O-GAN (Su 2019; docs/models.md#o-gan): the critic doubles as an encoder.
+"""O-GAN (Su 2019; docs/models/gan.md#o-gan): the critic doubles as an encoder.
 
 D outputs a code e = E(x) (B, latent_dim); the critic score is mean(e) over its entries.
 Both players also maximise rho(z, E(G(z))), the Pearson correlation between the entries

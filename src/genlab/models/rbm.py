@@ -1,4 +1,4 @@
-"""Restricted Boltzmann machine trained with contrastive divergence; docs/models.md#rbm.
+"""Restricted Boltzmann machine trained with contrastive divergence; docs/models/rbm.md.
 
 Bernoulli visible and hidden units; F(v) = -b.v - sum_j softplus(c_j + (v'W)_j) and
 p(v) = exp(-F(v)) / Z. The log-likelihood gradient is -dF(v)/dtheta + E_model[dF/dtheta];

@@ -1,4 +1,4 @@
-"""Variational auto-encoder (Kingma & Welling 2014); docs/models.md#vae.
+"""Variational auto-encoder (Kingma & Welling 2014); docs/models/vae.md.
 
 All terms are sums over pixels / latent dims, averaged over the batch: nats per image.
     recon = -log p(x|z),  z = mu + sigma * eps        (one sample)

@@ -1,4 +1,4 @@
-"""Deep variational information bottleneck (Alemi et al. 2017); docs/models.md#vib.
+"""Deep variational information bottleneck (Alemi et al. 2017); docs/models/vib.md.
 
 A supervised classifier through a stochastic code: encoder x -> (mu, sigma) with
 sigma = softplus(s - 5) as in the paper, z = mu + sigma * eps, and a softmax (logistic

@@ -1,4 +1,4 @@
-"""Invertible layers for normalizing flows (docs/models.md#flows). No layer knows about
+"""Invertible layers for normalizing flows (docs/models/flows.md). No layer knows about
 Lightning.
 
 The contract every layer keeps, on vectors (B, D) or images (B, C, H, W):
@@ -172,7 +172,7 @@ class DiagonalScaling(FlowLayer):
 
     Zero-initialised (the identity): a faithful NICE then improves slowly at first while s
     grows by several nats per dimension (about 10.0 -> 9.65 bits/dim in the first MNIST
-    epoch at Adam 1e-3; docs/models.md#nice).
+    epoch at Adam 1e-3; docs/models/flows.md#nice).
     """
 
     def __init__(self, features: int) -> None:
@@ -278,7 +278,7 @@ class InvConv1x1(FlowLayer):
 
 
 class ExpLowRank(FlowLayer):
-    """The always-invertible linear layer h = exp(u v^T) x (docs/models.md#realnvp-and-glow),
+    """The always-invertible linear layer h = exp(u v^T) x (docs/models/flows.md#realnvp-and-glow),
     per position:
 
     exp(u v^T) = I + (e^a - 1) / a * u v^T,   a = v^T u,   log_det = a (* H*W)

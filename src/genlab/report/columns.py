@@ -16,7 +16,7 @@ def _score(v: float) -> str:
 
 
 # Headline metrics, in this order: (name after "test/" or "val/", column, unit, format).
-# A run shows each one it logged; which ones a family logs is in docs/models.md.
+# A run shows each one it logged; which ones a family logs is in docs/models/README.md.
 HEADLINES: list[tuple[str, str, str, Callable[[float], str]]] = [
     ("nll_iwae", "NLL (IWAE)", "nats", "{:.2f}".format),
     ("loglik", "log-lik.", "nats", "{:.2f}".format),
