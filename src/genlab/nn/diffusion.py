@@ -58,30 +58,30 @@ def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) ->
     )
 
 
-def _std_normal_cdf(x: Tensor) -> Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+def _log_normal_mass(lo: Tensor, hi: Tensor) -> Tensor:
+    """log(Phi(hi) - Phi(lo)) for lo < hi (standard-normal units), accurate in both tails:
+    in log space from log Phi (``log_ndtr``), on the side of the mean where the smaller
+    CDF values keep their precision (the upper tail as log(Phi(-lo) - Phi(-hi)))."""
+    upper = (lo + hi) > 0  # the bin lies mostly above the mean: use the survival side
+    a = torch.where(upper, -hi, lo)  # log(Phi(b) - Phi(a)) with a < b, both on the short side
+    b = torch.where(upper, -lo, hi)
+    log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
+    return log_b + torch.log(-torch.expm1(log_a - log_b))  # log(1 - Phi(a) / Phi(b))
 
 
 def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
     """log P(x) elementwise for x on the 256 bin centres of [-1, 1] (x = k / 127.5 - 1)
     under N(mean, e^{2 log_scale}) integrated over the bin [x - 1/255, x + 1/255], the
     first and last bins extended to -inf and +inf (Ho et al. 2020, eq. 13): the masses
-    of the 256 values sum to 1."""
-    centered = x - mean
+    of the 256 values sum to 1. Computed from log Phi, so pixels far in the tails get
+    their exact log-mass (no density-times-width fallback)."""
     inv_std = torch.exp(-log_scale)
-    cdf_plus = _std_normal_cdf(inv_std * (centered + 1 / 255))
-    cdf_minus = _std_normal_cdf(inv_std * (centered - 1 / 255))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1 - cdf_minus).clamp(min=1e-12))
-    delta = cdf_plus - cdf_minus
-    # Far in the tails the difference of CDFs underflows: use the density times the bin
-    # width there (the log of a tiny but positive mass).
-    mid = inv_std * centered
-    log_pdf_mid = -0.5 * mid**2 - log_scale - 0.5 * math.log(2 * math.pi) + math.log(2 / 255)
-    log_delta = torch.where(delta > 1e-5, torch.log(delta.clamp(min=1e-12)), log_pdf_mid)
-    return torch.where(
-        x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta)
-    )
+    lo = inv_std * (x - mean - 1 / 255)
+    hi = inv_std * (x - mean + 1 / 255)
+    first = torch.special.log_ndtr(hi)  # (-inf, x + 1/255]
+    last = torch.special.log_ndtr(-lo)  # [x - 1/255, inf)
+    inner = _log_normal_mass(lo, hi)
+    return torch.where(x < -0.999, first, torch.where(x > 0.999, last, inner))
 
 
 def _per_image(v: Tensor) -> Tensor:
