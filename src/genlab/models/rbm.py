@@ -38,6 +38,7 @@ from genlab.nn.rbm import (
     RBMLayer,
     ais_log_partition,
     base_rate_bias,
+    raise_log_likelihood,
     scaled_betas,
 )
 
@@ -124,6 +125,9 @@ class RBM(BinaryImages, GenlabModule):
         val_ais_betas: PositiveInt = 4000,
         ais_seed: Seed = 0,
         gap_examples: PositiveInt = 1000,
+        raise_images: NonNegativeInt = 0,
+        raise_chains: PositiveInt = 20,
+        raise_betas: PositiveInt = 1000,
     ) -> None:
         check_args(type(self), locals(), "model")
         super().__init__()
@@ -252,6 +256,38 @@ class RBM(BinaryImages, GenlabModule):
         else:
             out["loss"] = out["recon"]
         return out
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        """The test metrics, and on the first ``raise_images`` test images (by row index,
+        so the same images for any batch size or process count) the conservative RAISE
+        estimate beside AIS's on the same images: ``test/loglik_raise`` (its standard
+        error ``test/loglik_raise_se``) and ``test/loglik_raise_ais``."""
+        super().test_step(batch, batch_idx)
+        hp = self.hparams
+        if not hp.raise_images or "test" not in self.log_z:
+            return
+        batch_idx = self.eval_batch_idx(batch_idx)
+        idx = batch[2] if len(batch) > 2 else torch.arange(batch[0].shape[0])
+        keep = (idx >= 0) & (idx < hp.raise_images)  # -1: DDP padding
+        v = self.preprocess(batch[0], eval_generator(batch[0].device, batch_idx))[keep]
+        n = v.shape[0]
+        if n:
+            g = torch.Generator(device=v.device).manual_seed(hp.ais_seed * 1_000_003 + batch_idx)
+            base = base_rate_bias(self.pixel_mean)
+            est = raise_log_likelihood(
+                self.rbm, base, scaled_betas(hp.raise_betas), v, hp.raise_chains, g
+            )
+            values = {
+                "test/loglik_raise": est.log_p.float().mean(),
+                "test/loglik_raise_se": est.stderr.float().mean(),
+                "test/loglik_raise_ais": (-self.rbm.free_energy(v) - self.log_z["test"]).mean(),
+            }
+        else:  # every rank logs the same names; weight 0
+            values = dict.fromkeys(
+                ("test/loglik_raise", "test/loglik_raise_se", "test/loglik_raise_ais"),
+                v.new_zeros(()),
+            )
+        self.log_dict(values, batch_size=float(n), sync_dist=True)  # float: see eval_weight
 
     def subset_free_energy(self, split: str) -> Tensor | None:
         """Mean F of the first ``gap_examples`` images of a split (fixed binarisation)."""
