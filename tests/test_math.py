@@ -7,7 +7,12 @@ import math
 
 import torch
 
-from genlab.metrics import gaussian_kl, log_normal, log_standard_normal
+from genlab.metrics import (
+    gaussian_kl,
+    importance_weighted_bound,
+    log_normal,
+    log_standard_normal,
+)
 from genlab.models import VAE
 from genlab.train import train
 
@@ -103,3 +108,89 @@ def test_linear_ae_matches_truncated_svd(make_cfg) -> None:
     s = torch.linalg.svdvals(flat - flat.mean(0))
     svd = (s[d:] ** 2).sum().item() / flat.shape[0]  # rank-d truncated SVD of centred data
     assert svd * (1 - 1e-6) <= ae <= 1.02 * svd, (ae, svd)
+
+
+def _tiny_vae(**kw) -> VAE:
+    torch.manual_seed(0)
+    return VAE((1, 8, 8), latent_dim=3, net={"arch": "genlab.nn.MLP", "hidden_sizes": [16]}, **kw)
+
+
+def test_importance_weighted_objectives() -> None:
+    """IWAE at K = 1 is the one-sample ELBO (its mean over draws the analytic ELBO);
+    on a fixed model the expected bound grows with K; MIWAE(M, K) is the mean of M
+    IWAE(K) bounds; CIWAE mixes the two; PIWAE sends each objective to its network."""
+    x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.3), generator=torch.Generator().manual_seed(1))
+    model = _tiny_vae(objective="iwae", samples=1)
+    g = torch.Generator().manual_seed(0)
+    one = model.weighted_objective(x, None, g)
+    g = torch.Generator().manual_seed(0)
+    log_w, mu, log_var = model.log_weights(x, 1, g)
+    assert torch.allclose(one, log_w[0])
+    # E[log w] at K = 1 is the ELBO: E_q[log p(x|z)] - KL(q || p), KL analytic here.
+    with torch.no_grad():
+        draws = torch.stack([model.log_weights(x, 1)[0][0] for _ in range(4000)]).mean(0)
+        eps = torch.randn(4000, *mu.shape, generator=torch.Generator().manual_seed(3))
+        z = mu + (0.5 * log_var).exp() * eps  # (4000, B, d)
+        xs = x.expand(4000, *x.shape).flatten(0, 1)
+        rec = model.log_likelihood(xs, model.decode(z.flatten(0, 1))).view(4000, -1).mean(0)
+        elbo = rec - gaussian_kl(mu, log_var)
+    assert torch.allclose(draws, elbo, atol=0.15), (draws, elbo)
+    # E[IWAE_K] grows with K (averaged over 300 draws per K).
+    with torch.no_grad():
+        means = [
+            torch.stack([importance_weighted_bound(model.log_weights(x, k)[0]) for _ in range(300)])
+            .mean()
+            .item()
+            for k in (1, 5, 50)
+        ]
+    assert means[0] < means[1] < means[2], means
+    # MIWAE(M=3, K=4) = mean of the three IWAE(4) bounds of the same 12 draws.
+    model = _tiny_vae(objective="miwae", samples=4, outer_samples=3)
+    g = torch.Generator().manual_seed(5)
+    got = model.weighted_objective(x, None, g)
+    log_w = model.log_weights(x, 12, torch.Generator().manual_seed(5))[0]
+    want = torch.stack([importance_weighted_bound(log_w[4 * i : 4 * i + 4]) for i in range(3)])
+    assert torch.allclose(got, want.mean(0), atol=1e-5)
+    # CIWAE(beta) = beta * mean log w + (1 - beta) * IWAE.
+    model = _tiny_vae(objective="ciwae", samples=6, ciwae_beta=0.25)
+    got = model.weighted_objective(x, None, torch.Generator().manual_seed(7))
+    log_w = model.log_weights(x, 6, torch.Generator().manual_seed(7))[0]
+    want = 0.25 * log_w.mean(0) + 0.75 * importance_weighted_bound(log_w)
+    assert torch.allclose(got, want, atol=1e-5)
+    # PIWAE: the decoder's gradient is IWAE(M K)'s, the encoder's MIWAE(M, K)'s.
+    model = _tiny_vae(objective="piwae", samples=4, outer_samples=2)
+
+    def grads(objective: torch.Tensor) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        objective.sum().backward()
+        return {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                for n, p in model.named_parameters()}  # fmt: skip
+
+    piwae = grads(model.weighted_objective(x, None, torch.Generator().manual_seed(9)))
+    eps = torch.randn((8, 6, 3), generator=torch.Generator().manual_seed(9))  # the same draws
+    iwae = grads(importance_weighted_bound(model.log_weights(x, 8, eps=eps)[0]))
+    log_w = model.log_weights(x, 8, eps=eps)[0]
+    miwae = grads(importance_weighted_bound(log_w.view(2, 4, -1).transpose(0, 1)).mean(0))
+    for name, g_ in piwae.items():
+        want = iwae[name] if name.startswith("decoder") else miwae[name]
+        assert torch.allclose(g_, want, atol=1e-5), name
+
+
+def test_vamp_prior_is_the_mixture_of_the_pseudo_inputs_posteriors() -> None:
+    model = _tiny_vae(prior="vamp", pseudo_inputs=7)
+    z = torch.randn(5, 3)
+    mu, log_var = model.encode(model.pseudo)
+    by_hand = torch.stack([
+        torch.logsumexp(torch.stack([
+            torch.distributions.Normal(mu[p], (0.5 * log_var[p]).exp()).log_prob(z[i]).sum()
+            for p in range(7)
+        ]), 0) - math.log(7)
+        for i in range(5)
+    ])  # fmt: skip
+    assert torch.allclose(model.log_prior(z), by_hand, atol=1e-5)
+    # The ELBO's KL is the one-sample log q(z|x) - log p(z); it trains (gradients reach
+    # the pseudo-inputs).
+    x = torch.bernoulli(torch.full((4, 1, 8, 8), 0.3))
+    terms = model.elbo(x)
+    (terms["recon"] + terms["kl"]).mean().backward()
+    assert model.pseudo.grad is not None and model.pseudo.grad.abs().sum() > 0
