@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from genlab.metrics import (
@@ -194,3 +195,19 @@ def test_vamp_prior_is_the_mixture_of_the_pseudo_inputs_posteriors() -> None:
     terms = model.elbo(x)
     (terms["recon"] + terms["kl"]).mean().backward()
     assert model.pseudo.grad is not None and model.pseudo.grad.abs().sum() > 0
+
+
+def test_standard_error_metric_matches_numpy_over_batches() -> None:
+    import numpy as np
+
+    from genlab.metrics import StandardError
+
+    x = torch.randn(103, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 7
+    metric = StandardError()
+    for part in x.split(20):  # batches of an epoch
+        metric.update(part)
+    want = np.std(x.numpy(), ddof=1) / math.sqrt(103)
+    assert float(metric.compute()) == pytest.approx(want, rel=1e-5)
+    one = StandardError()
+    one.update(torch.tensor([5.0]))
+    assert float(one.compute()) == 0.0

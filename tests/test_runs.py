@@ -66,8 +66,10 @@ def test_one_epoch_outputs_and_reload(make_cfg, tmp_path: Path) -> None:
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     assert {"images/samples", "images/reconstructions"} <= set(events.Tags()["images"])
     assert "val/elbo" in events.Tags()["scalars"]
-    # The IWAE bound is at least as tight as the ELBO (up to its Monte Carlo noise).
+    # The IWAE bound is at least as tight as the ELBO (up to its Monte Carlo noise), and
+    # its standard error over the test images is logged beside it.
     assert -metrics["test/nll_iwae"] >= metrics["test/elbo"] - 0.5
+    assert 0 < metrics["test/nll_iwae_se"] < 0.1 * metrics["test/nll_iwae"]
     # Reload without Hydra; same weights, same outputs.
     model = objs["model"]
     loaded = VAE.load_from_checkpoint(ckpts / "last.ckpt", map_location="cpu")

@@ -466,7 +466,9 @@ class SplitCurve(pl.Callback):
             batch = [t.to(pl_module.device) for t in batch]
             b = weight(batch)  # 0 for a DDP rank's padding batch
             j = index(i)  # one process's batch index: its evaluation noise
-            for k, v in pl_module.batch_metrics(batch, j, full=self.full).items():
+            metrics = pl_module.batch_metrics(batch, j, full=self.full)
+            metrics.pop("per_image", None)  # (the test pass logs their standard errors)
+            for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v * b  # on the device: one read-back at the end
             n += b
         for k, v in sums.items():

@@ -1,6 +1,6 @@
 """Metrics: pure functions of tensors and torchmetrics-based accumulators."""
 
-from genlab.metrics.latent import LatentMoments, active_units, pearson
+from genlab.metrics.latent import LatentMoments, StandardError, active_units, pearson
 from genlab.metrics.likelihood import (
     bernoulli_log_likelihood,
     categorical_kl_uniform,
@@ -15,6 +15,7 @@ from genlab.metrics.likelihood import (
 
 __all__ = [
     "LatentMoments",
+    "StandardError",
     "active_units",
     "bernoulli_log_likelihood",
     "categorical_kl_uniform",

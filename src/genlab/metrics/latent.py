@@ -46,3 +46,29 @@ def pearson(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     a = a - a.mean(-1, keepdim=True)
     b = b - b.mean(-1, keepdim=True)
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)
+
+
+class StandardError(Metric):
+    """The standard error of the mean of per-image values over an epoch, summed across
+    processes: sqrt(var / n) with the unbiased variance (0 for a single value)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("squares", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor) -> None:
+        """values: (B,) per-image estimates (already without padding rows)."""
+        v = values.detach().double().flatten()
+        self.count += v.numel()
+        self.total += v.sum()
+        self.squares += (v * v).sum()
+
+    def compute(self) -> Tensor:
+        n = self.count
+        mean = self.total / n.clamp(min=1)
+        var = (self.squares - n * mean**2).clamp(min=0) / (n - 1).clamp(min=1)
+        return torch.where(n > 1, (var / n).sqrt(), torch.zeros_like(var)).float()

@@ -16,7 +16,7 @@ from torch import Tensor
 from genlab._lightning import step_logs_due
 from genlab.data.transforms import binarize, to_unit, unit_image
 from genlab.errors import ConfigError
-from genlab.metrics import bernoulli_log_likelihood, gaussian_log_likelihood
+from genlab.metrics import StandardError, bernoulli_log_likelihood, gaussian_log_likelihood
 
 
 class GenlabModule(pl.LightningModule):
@@ -60,7 +60,9 @@ class GenlabModule(pl.LightningModule):
     # ---- evaluation: one method, every caller -------------------------------------------
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
         """Held-out metrics of one batch: {name: batch mean} (nats per image, bits/dim,
-        ...); evaluation noise comes from generators seeded by ``batch_idx``."""
+        ...); evaluation noise comes from generators seeded by ``batch_idx``. At test
+        time (``full``) a family may add ``"per_image": {name: (B,)}`` for its stochastic
+        estimates: their standard errors are logged as ``test/<name>_se``."""
         raise NotImplementedError
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -68,7 +70,10 @@ class GenlabModule(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         metrics = self.batch_metrics(batch, self.eval_batch_idx(batch_idx), full=True)
+        per_image = metrics.pop("per_image", None)  # {name: (B,)} of stochastic estimates
         self.log_eval("test", metrics, batch)
+        if per_image:
+            self.log_standard_errors("test", per_image, batch)
 
     def eval_batch_idx(self, batch_idx: int) -> int:
         """The index of this evaluation batch in one process's order: under DDP, rank r's
@@ -96,6 +101,25 @@ class GenlabModule(pl.LightningModule):
         across ranks (the same images and weights as in one process)."""
         values = {f"{split}/{k}": v for k, v in metrics.items()}
         self.log_dict(values, batch_size=self.eval_weight(batch), sync_dist=True)
+
+    def log_standard_errors(self, split: str, values: dict[str, Tensor], batch) -> None:
+        """``{split}/<name>_se``: the standard error over the split's images of each
+        per-image estimate in ``values`` ({name: (B,)}), beside the logged mean (padding
+        rows of DDP ranks left out; reduced across processes at the epoch's end). It
+        includes the estimator's own noise (importance sampling, strata, probes)."""
+        keep = batch[2] >= 0 if len(batch) > 2 and isinstance(batch[2], Tensor) else None
+        if not hasattr(self, "_standard_errors"):
+            self._standard_errors = torch.nn.ModuleDict()
+        for name, v in values.items():
+            key = f"{split}__{name}"
+            if key not in self._standard_errors:
+                self._standard_errors[key] = StandardError().to(v.device)
+            metric = self._standard_errors[key]
+            metric.update(v[keep] if keep is not None and keep.shape == v.shape else v)
+            self.log(
+                f"{split}/{name}_se", metric, on_step=False, on_epoch=True,
+                metric_attribute=f"_standard_errors.{key}",
+            )  # fmt: skip
 
     def log_train(self, values: dict[str, Tensor]) -> None:
         """Training terms as ``train/<name>``: means over each logging window."""

@@ -179,6 +179,9 @@ class FlowMatching(DenoiserFamily):
         n = next(iter(values.values())).shape[0]
         means = {f"test/{k}": v.mean() if n else v.new_zeros(()) for k, v in values.items()}
         self.log_dict(means, batch_size=float(n), sync_dist=True)  # float: see eval_weight
+        # Hutchinson's probes and the ODE solve: the estimates' standard errors beside them
+        keep = {k: values[k] for k in ("loglik", "bpd") if k in values}
+        self.log_standard_errors("test", keep, (batch[0],))
 
     # ---- sampling ---------------------------------------------------------------------
     def _sample(self, z, labels, steps, generator, record, solver: Solver | None = None):

@@ -291,7 +291,9 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
             out["relaxed_loss"] = (r["recon"] + r["kl"]).mean()
         if full:
             g = eval_generator(x.device, batch_idx, seed=4321)
-            out["nll_iwae"] = -self.iwae_log_likelihood(x, self.hparams.iwae_samples, g).mean()
+            nll = -self.iwae_log_likelihood(x, self.hparams.iwae_samples, g)
+            out["nll_iwae"] = nll.mean()
+            out["per_image"] = {"nll_iwae": nll}
         return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

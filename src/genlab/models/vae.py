@@ -265,7 +265,9 @@ class VAE(PixelLikelihood, GenlabModule):
             out["loss"] = -out[self.hparams.objective]
         if full:
             g = eval_generator(x.device, batch_idx, seed=4321)
-            out["nll_iwae"] = -self.iwae_log_likelihood(x, self.hparams.iwae_samples, g, y).mean()
+            nll = -self.iwae_log_likelihood(x, self.hparams.iwae_samples, g, y)
+            out["nll_iwae"] = nll.mean()
+            out["per_image"] = {"nll_iwae": nll}
         return out
 
     def validation_step(self, batch, batch_idx: int) -> None:
