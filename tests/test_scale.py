@@ -69,9 +69,9 @@ def test_optuna_search_resumes_from_its_sqlite_study(tmp_path: Path) -> None:
     assert len(lrs) == 4 and len(set(lrs)) == 4
     runs = sorted((tmp_path / "multirun").glob("*/*/[0-9]*"))
     assert len(runs) == 5 and all(_group(r) == "vae_digits" for r in runs if (r / "csv").is_dir())
-    result = yaml.safe_load(
-        next((tmp_path / "multirun").glob("*/*/optimization_results.yaml")).read_text()
-    )
+    # The resumed sweep's results (the newest file) report the study's best finished trial.
+    results = (tmp_path / "multirun").glob("*/*/optimization_results.yaml")
+    result = yaml.safe_load(max(results, key=lambda f: f.stat().st_mtime_ns).read_text())
     with sqlite3.connect(tmp_path / "optuna.db") as db:  # the best of the finished trials
         done = db.execute(
             "select v.value from trial_values v join trials t using (trial_id) "
