@@ -113,3 +113,32 @@ def test_unreadable_runs_are_skipped_and_named(two_runs: Path, tmp_path: Path, c
         "Not in the table (no config, or unreadable): ../runs/bad."
         in (tmp_path / "rep" / "report.md").read_text()
     )
+
+
+def test_reproduction_table_reads_values_from_the_runs(tmp_path: Path) -> None:
+    """reproduction.yaml rows become one table beside the overview: the paper's value and
+    genlab's, read from the run's metrics (not typed), in the metric's format; a
+    malformed file is one ValueError naming it."""
+    from genlab.report import report, reproduction
+
+    exp = tmp_path / "exp" / "vib_like"
+    exp.mkdir(parents=True)
+    (exp / "config_a.yaml").write_text(
+        "model:\n  _target_: genlab.models.VIB\ndata:\n  _target_: genlab.data.MNIST\n"
+    )
+    rows = "epoch,step,test/error_avg,train/loss\n4,10,,0.3\n5,12,0.0124,\n"
+    (exp / "metrics_a.csv").write_text(rows)
+    (exp / "reproduction.yaml").write_text(
+        "- run: a\n  metric: test/error_avg\n  protocol: 12 draws\n  paper: 0.0113\n"
+        "  source: Alemi et al. 2017\n  differs: 5 of 200 epochs\n  command: python train.py x\n"
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text("# experiments\n")
+    report([tmp_path / "exp"], None, readme, plots=False)
+    text = readme.read_text()
+    block = text[text.index(reproduction.BEGIN) : text.index(reproduction.END)]
+    row = next(line for line in block.splitlines() if line.startswith("| VIB"))
+    assert "| 1.13% |" in row and "| 1.24% |" in row and "5 of 200 epochs" in row, row
+    (exp / "reproduction.yaml").write_text("- run: a\n  metric: test/error_avg\n")
+    with pytest.raises(ValueError, match="reproduction.yaml: row 1 has no protocol, paper, source"):
+        report([tmp_path / "exp"], None, readme, plots=False)

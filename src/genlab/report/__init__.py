@@ -18,7 +18,10 @@ What counts as a run:
 
 ``--readme <file>`` also writes the table between the markers
 ``<!-- genlab-report:begin -->`` and ``<!-- genlab-report:end -->`` of that file (the
-``experiments/README.md`` overview is made this way).
+``experiments/README.md`` overview is made this way), and, when the folders hold
+``reproduction.yaml`` files, the reproducibility table (each result beside its paper's,
+:mod:`genlab.report.reproduction`) between ``<!-- genlab-report:reproduction:begin -->``
+and ``<!-- genlab-report:reproduction:end -->``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from genlab.report import reproduction
 from genlab.report.columns import HEADLINES, PRDC, PROBES, SPACES
 from genlab.report.figures import figures
 from genlab.report.runs import Run, find_runs
@@ -92,15 +96,20 @@ def report(
         readme = Path(readme)
         header, cells, records = table(runs, lambda r: os.path.relpath(r.folder, readme.parent))
         write_block(readme, markdown(header, cells, skipped, readme.parent) + "\n" + NOTES)
+        rows = reproduction.find_rows(paths)
+        if rows:  # the reproducibility table, in its own block
+            text = reproduction.table(runs, rows) + "\n" + reproduction.NOTES
+            write_block(readme, text, reproduction.BEGIN, reproduction.END)
     return records
 
 
-def write_block(path: Path, text: str) -> None:
-    """Replace what lies between the report markers of ``path`` (append them if missing)."""
+def write_block(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` of ``path`` (append
+    them if missing)."""
     old = path.read_text() if path.is_file() else ""
-    block = f"{BEGIN}\n{text}{END}"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
+    block = f"{begin}\n{text}{end}"
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
     else:
         new = (old.rstrip() + "\n\n" if old else "") + block + "\n"
     path.write_text(new)

@@ -1,0 +1,123 @@
+"""The reproducibility table: for each kept experiment whose folder has a
+``reproduction.yaml``, one row per reproduced result beside the paper's number.
+
+A ``reproduction.yaml`` is a list of rows::
+
+    - run: cgan_mnist             # the metrics_<tag>.csv of this folder ("" or absent: metrics.csv)
+      metric: test/nll_iwae        # the logged metric compared
+      protocol: IWAE bound, k = 5000; MNIST test split; best val -ELBO checkpoint
+      paper: 86.76                 # the paper's value in the metric's logged units (0.0113: 1.13%)
+      source: Burda et al. 2015, Table 1
+      differs: k = 1000 (paper 5000); 120 of the paper's 3280 epochs   # optional
+      cpu_hours: 0.3               # optional (else the run's wall-clock hours)
+      commit: 0a1b2c3              # optional
+      command: python train.py experiment=vae_mnist    # optional
+
+genlab's value is read from the run's own metrics (the CSV log, or ``eval.py``'s
+``metrics.json`` over it), never typed by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genlab.report.columns import HEADLINES, PROBES, _pct
+from genlab.report.runs import Run
+
+FILE = "reproduction.yaml"
+REQUIRED = ("metric", "protocol", "paper", "source")
+BEGIN = "<!-- genlab-report:reproduction:begin -->"
+END = "<!-- genlab-report:reproduction:end -->"
+HEADER = [
+    "family",
+    "data",
+    "metric",
+    "protocol",
+    "paper",
+    "source",
+    "genlab",
+    "differs from the paper",
+    "epochs",
+    "CPU-h",
+    "commit",
+    "command",
+]
+
+
+def find_rows(paths: Iterable[str | Path]) -> list[tuple[Path, Path, dict[str, Any]]]:
+    """(top folder, experiment folder, row) of every ``reproduction.yaml`` under
+    ``paths``; ValueError naming the file and the problem for a malformed one."""
+    out = []
+    for top in map(Path, paths):
+        for f in sorted(top.rglob(FILE)) if top.is_dir() else []:
+            try:
+                rows = yaml.safe_load(f.read_text()) or []
+            except yaml.YAMLError as e:
+                raise ValueError(f"{f} is not valid YAML ({str(e).splitlines()[0]})") from None
+            if not isinstance(rows, list):
+                raise ValueError(f"{f} must be a list of rows (- metric: ..., paper: ...)")
+            for i, row in enumerate(rows):
+                missing = [k for k in REQUIRED if not isinstance(row, dict) or k not in row]
+                if missing:
+                    raise ValueError(f"{f}: row {i + 1} has no {', '.join(missing)}")
+                out.append((top, f.parent, row))
+    return out
+
+
+def _run_of(runs: Sequence[Run], top: Path, folder: Path, tag: str) -> Run | None:
+    rel = folder.relative_to(top).as_posix() if folder != top else top.resolve().name
+    name = f"{rel}/{tag}" if tag else rel
+    same = [r for r in runs if r.folder.resolve() == folder.resolve() and r.name == name]
+    return same[0] if same else None
+
+
+def _value(metric: str, v: float | None) -> str:
+    """A value in the metric's format (the report's headline formats; percent for
+    accuracies and error rates, logged as fractions)."""
+    if v is None:
+        return "(not logged)"
+    name = metric.split("/", 1)[-1]
+    formats = {h[0]: h[3] for h in HEADLINES}
+    formats.update({k: _pct for k, _ in PROBES})
+    return formats.get(name, "{:.4g}".format)(v)
+
+
+def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]) -> str:
+    """The Markdown table, one line per row, in the order found."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for top, folder, row in rows:
+        run = _run_of(runs, top, folder, str(row.get("run") or ""))
+        value = run.last(row["metric"]) if run else None
+        hours = row.get("cpu_hours")
+        if hours is None and run is not None and run.minutes is not None:
+            hours = f"{run.minutes / 60:.2f} (wall)"
+        paper = row["paper"]
+        cells = [
+            run.family if run else "?",
+            run.data if run else "?",
+            f"`{row['metric']}`",
+            str(row["protocol"]),
+            _value(row["metric"], paper) if isinstance(paper, (int, float)) else str(paper),
+            str(row["source"]),
+            _value(row["metric"], value) if run else f"(no run {row.get('run') or 'metrics.csv'})",
+            str(row.get("differs", "")),
+            str(run.epochs if run and run.epochs is not None else ""),
+            str(hours if hours is not None else ""),
+            str(row.get("commit", "")),
+            f"`{row['command']}`" if row.get("command") else "",
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+NOTES = (
+    "genlab's values are read from each run's own log (`genlab-eval`'s metrics.json where "
+    "there is one); accuracies and error rates in percent, likelihoods in nats per image, "
+    "bits/dim and squared errors as logged. `differs`: what of the paper's protocol or "
+    "budget the run did not match. Generated by `genlab-report` from the folders' "
+    "`reproduction.yaml`; do not edit by hand.\n"
+)
