@@ -4,6 +4,7 @@ experiments/README.md's overview is the generator's output."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -128,9 +129,11 @@ def test_reproduction_table_reads_values_from_the_runs(tmp_path: Path) -> None:
     )
     rows = "epoch,step,test/error_avg,train/loss\n4,10,,0.3\n5,12,0.0124,\n"
     (exp / "metrics_a.csv").write_text(rows)
+    (exp / "ckpt.bin").write_bytes(b"weights")
     (exp / "reproduction.yaml").write_text(
         "- run: a\n  metric: test/error_avg\n  protocol: 12 draws\n  paper: 0.0113\n"
         "  source: Alemi et al. 2017\n  differs: 5 of 200 epochs\n  command: python train.py x\n"
+        "  checkpoint: ckpt.bin\n"
     )
     readme = tmp_path / "README.md"
     readme.write_text("# experiments\n")
@@ -139,6 +142,38 @@ def test_reproduction_table_reads_values_from_the_runs(tmp_path: Path) -> None:
     block = text[text.index(reproduction.BEGIN) : text.index(reproduction.END)]
     row = next(line for line in block.splitlines() if line.startswith("| VIB"))
     assert "| 1.13% |" in row and "| 1.24% |" in row and "5 of 200 epochs" in row, row
+    digest = hashlib.sha256(b"weights").hexdigest()[:12]
+    assert row.rstrip(" |").endswith(f"ckpt.bin ({digest})"), row
     (exp / "reproduction.yaml").write_text("- run: a\n  metric: test/error_avg\n")
     with pytest.raises(ValueError, match="reproduction.yaml: row 1 has no protocol, paper, source"):
         report([tmp_path / "exp"], None, readme, plots=False)
+
+
+def test_a_rows_checkpoint_reproduces_its_number_with_genlab_eval(make_cfg, tmp_path) -> None:
+    """One cheap row end to end: a digits VAE trained here, its row in reproduction.yaml
+    with its best.ckpt, the table lists the checkpoint's digest, and genlab-eval on that
+    checkpoint gives the row's number again (the tested checkpoint is best.ckpt)."""
+    from omegaconf import OmegaConf
+
+    from genlab.evaluate import evaluate
+    from genlab.report import report, reproduction
+    from genlab.train import train
+
+    run = tmp_path / "exp" / "vae_digits"
+    cfg = make_cfg("trainer.max_epochs=2", "metrics.every_n_epochs=0", output_dir=run)
+    metrics, _ = train(cfg)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    (run / "config.yaml").write_text((run / ".hydra" / "config.yaml").read_text())
+    (run / "metrics.csv").write_text((run / "csv" / "metrics.csv").read_text())
+    (run / "reproduction.yaml").write_text(
+        "- metric: test/elbo\n  protocol: digits, 2 epochs\n  paper: -30.0\n  source: none\n"
+        "  checkpoint: checkpoints/best.ckpt\n"
+    )
+    readme = tmp_path / "README.md"
+    report([tmp_path / "exp"], None, readme, plots=False)
+    text = readme.read_text()
+    digest = reproduction.file_digest(run / "checkpoints" / "best.ckpt")
+    assert f"best.ckpt ({digest})" in text[text.index(reproduction.BEGIN) :]
+    again = evaluate(run / "checkpoints" / "best.ckpt", ["model.iwae_samples=16"])
+    assert again["metrics"]["test/elbo"] == pytest.approx(metrics["test/elbo"], rel=1e-5)

@@ -12,13 +12,17 @@ A ``reproduction.yaml`` is a list of rows::
       cpu_hours: 0.3               # optional (else the run's wall-clock hours)
       commit: 0a1b2c3              # optional
       command: python train.py experiment=vae_mnist    # optional
+      checkpoint: <run>/checkpoints/best.ckpt  # optional: the checkpoint behind the row
 
 genlab's value is read from the run's own metrics (the CSV log, or ``eval.py``'s
-``metrics.json`` over it), never typed by hand.
+``metrics.json`` over it), never typed by hand. A row's ``checkpoint`` (relative to the
+folder, or absolute) is listed with the first 12 hex digits of its SHA-256, so a reader
+can check that ``genlab-eval ckpt_path=<it>`` evaluates the very weights of the row.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,7 @@ HEADER = [
     "CPU-h",
     "commit",
     "command",
+    "checkpoint (sha256)",
 ]
 
 
@@ -109,9 +114,28 @@ def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]
             str(hours if hours is not None else ""),
             str(row.get("commit", "")),
             f"`{row['command']}`" if row.get("command") else "",
+            checkpoint_cell(folder, row.get("checkpoint")),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def file_digest(path: Path) -> str:
+    """The first 12 hex digits of a file's SHA-256."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def checkpoint_cell(folder: Path, path: Any) -> str:
+    """``name (digest)`` of a row's checkpoint; "not kept" where the file is gone."""
+    if not path:
+        return ""
+    ckpt = Path(str(path)).expanduser()
+    ckpt = ckpt if ckpt.is_absolute() else folder / ckpt
+    return f"{ckpt.name} ({file_digest(ckpt)})" if ckpt.is_file() else f"{ckpt.name}: not kept"
 
 
 NOTES = (
