@@ -7,11 +7,13 @@
   (``ImageGrids``, ``LatentTools``), drawn by the plain functions of
   :mod:`~genlab.callbacks.views` (which ``eval.py`` uses too);
 - :mod:`~genlab.callbacks.scores`: FID / KID / precision-recall, conditional accuracy, probes
-  (``SampleScores``), learning curves on the test split (``SplitCurve``).
+  (``SampleScores``);
+- :mod:`~genlab.callbacks.curves`: learning curves on the test split (``SplitCurve``).
 """
 
+from genlab.callbacks.curves import SplitCurve
 from genlab.callbacks.images import ImageGrids, LatentTools
-from genlab.callbacks.scores import SampleScores, SplitCurve
+from genlab.callbacks.scores import SampleScores
 from genlab.callbacks.training import (
     BestCheckpoint,
     DivergenceGuard,
