@@ -128,6 +128,21 @@ def test_vib_kl_is_the_analytic_gaussian_kl_and_beta0_is_cross_entropy() -> None
     assert torch.allclose(out["izy"], math.log(10) - manual, atol=1e-5)
 
 
+def test_vib_deterministic_baseline_is_a_plain_classifier_on_mu() -> None:
+    torch.manual_seed(0)
+    model = VIB((1, 8, 8), num_classes=10, latent_dim=6, beta=0.5, deterministic=True,
+                net={"arch": "genlab.nn.MLP", "hidden_sizes": [16]}).eval()  # fmt: skip
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 10, (16,))
+    out = model.batch_metrics((x, y, torch.arange(16)), 0, full=True)
+    mu = model.posterior(model.preprocess(x))[0]
+    logits = model.net["decoder"](mu)
+    # no noise and no rate: loss = ce at z = mu, whatever beta is; one draw = the average
+    assert torch.allclose(out["loss"], F.cross_entropy(logits, y), atol=1e-6)
+    assert "kl" not in out
+    assert out["error"] == out["error_avg"] == (logits.argmax(-1) != y).float().mean()
+
+
 def test_vib_rate_weight_enters_the_loss() -> None:
     model = tiny_vib(0.5).eval()
     x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)

@@ -134,6 +134,14 @@ def test_default_schedule_is_salakhutdinov_murray() -> None:
     assert torch.equal(scaled_betas(14500), b)
 
 
+def test_cd_ramp_rises_from_one_to_cd_steps() -> None:
+    from genlab.models import RBM
+
+    ramped = RBM((1, 4, 4), hidden_units=3, cd_steps=25, cd_ramp_epochs=8)
+    assert [ramped.cd_steps_at(e) for e in (0, 4, 8, 50)] == [1, 13, 25, 25]
+    assert RBM((1, 4, 4), hidden_units=3, cd_steps=25).cd_steps_at(0) == 25
+
+
 # ---- runs ------------------------------------------------------------------------------
 def test_dbn_stages_pretrain_then_finetune_and_reload(make_cfg, tmp_path) -> None:
     from conftest import csv_rows

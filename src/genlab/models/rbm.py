@@ -108,6 +108,7 @@ class RBM(BinaryImages, GenlabModule):
         num_classes: int = 0,
         hidden_units: PositiveInt = 500,
         cd_steps: PositiveInt = 1,
+        cd_ramp_epochs: NonNegativeInt = 0,
         persistent: bool = False,
         n_chains: PositiveInt = 100,
         binarize: bool = True,
@@ -186,11 +187,20 @@ class RBM(BinaryImages, GenlabModule):
         for opt in self.trainer.optimizers:
             set_momentum(opt, self.current_epoch, self.hparams)
 
+    def cd_steps_at(self, epoch: int | None = None) -> int:
+        """Gibbs sweeps per update at ``epoch`` (default: the current one): ``cd_steps``,
+        or with ``cd_ramp_epochs`` > 0 a linear rise from 1 that reaches ``cd_steps`` at
+        that epoch (Salakhutdinov & Murray 2008 raised CD's T gradually from 1 to 25)."""
+        hp = self.hparams
+        ramp = hp.cd_ramp_epochs
+        e = self.current_epoch if epoch is None else epoch
+        return hp.cd_steps if ramp == 0 else 1 + round((hp.cd_steps - 1) * min(e / ramp, 1.0))
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
         hp = self.hparams
         v = self.preprocess(batch[0])
         start = self.chains if hp.persistent else None
-        loss, neg, terms = self.rbm.contrastive_divergence(v, hp.cd_steps, start)
+        loss, neg, terms = self.rbm.contrastive_divergence(v, self.cd_steps_at(), start)
         if hp.persistent:
             self.chains.copy_(neg)
         self.log_train(terms)

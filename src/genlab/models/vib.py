@@ -13,6 +13,9 @@ regression) decoder z -> p(y|z). Per example, in nats, averaged over the batch:
 averaged over ``test_samples`` draws (12 in the paper). Evaluation uses an exponential
 moving average of the weights (``ema_decay``; the paper's Polyak averaging, 0.999), with
 the warm-up every genlab average has (``AveragedNets``).
+
+``deterministic=True`` is the paper's baseline on the same net: z = mu(x), no noise and no
+rate term (loss = ce; ``kl`` is not logged, the rate of a deterministic code is unbounded).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class VIB(AveragedNets, GenlabModule):
         ema_decay: UnitInterval = 0.999,
         optimizer: OptimizerName = "Adam",
         weight_decay: NonNegativeFloat = 0.0,
+        deterministic: bool = False,
     ) -> None:
         check_args(type(self), locals(), "model")
         if num_classes < 2:
@@ -109,13 +113,16 @@ class VIB(AveragedNets, GenlabModule):
         """Per-example ce, kl (B,) and the predictive probabilities (B, K) averaged over
         ``samples`` draws of z (ce is always that of the first draw)."""
         mu, log_var = self.posterior(x, net)
-        eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device)
-        z = mu + (0.5 * log_var).exp() * eps  # (S, B, d)
+        if self.hparams.deterministic:  # the baseline: z = mu, every draw the same
+            z, kl = mu.unsqueeze(0), torch.zeros_like(mu[:, 0])  # (1, B, d), (B,)
+        else:
+            eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device)
+            z, kl = mu + (0.5 * log_var).exp() * eps, gaussian_kl(mu, log_var)  # (S, B, d)
         logits = net["decoder"](z)  # (S, B, K)
         ce = F.cross_entropy(logits[0], y, reduction="none")
         return {
             "ce": ce,
-            "kl": gaussian_kl(mu, log_var),
+            "kl": kl,
             "logits": logits[0],
             "probs": logits.softmax(-1).mean(0),
         }
@@ -136,8 +143,12 @@ class VIB(AveragedNets, GenlabModule):
         ce, kl = terms["ce"].mean(), terms["kl"].mean()
         loss = ce + self.hparams.beta * kl
         error = (terms["logits"].argmax(-1) != y).float().mean()
-        self.log_train({"loss": loss, "ce": ce, "kl": kl, "error": error})
+        self.log_train(self._rate({"loss": loss, "ce": ce, "kl": kl, "error": error}))
         return loss
+
+    def _rate(self, logs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``logs`` without ``kl`` for the deterministic baseline (its rate is unbounded)."""
+        return {k: v for k, v in logs.items() if k != "kl" or not self.hparams.deterministic}
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.use_ema:
@@ -170,7 +181,7 @@ class VIB(AveragedNets, GenlabModule):
         }
         if full:
             out["error_avg"] = (terms["probs"].argmax(-1) != y).float().mean()
-        return out
+        return self._rate(out)
 
     def configure_optimizers(self):
         hp = self.hparams
