@@ -14,6 +14,13 @@ them) and ``config_<name>.yaml`` (the run's config) per run into ``--out``, so
 ``genlab-report --out ...`` tables them with every feature space in its own columns, and
 ``scores_<name>.json`` with the seconds each space took. ``<name>`` is the run folder's
 name unless ``--names`` gives one per run.
+
+``--parzen`` adds the Parzen-window log-likelihood of Goodfellow et al. (2014), the
+protocol of the GAN and AAE papers' MNIST tables: ``--n`` samples, the bandwidth chosen on
+the first 1,000 validation images, the mean over the first ``--n`` test images (nats per
+image, pixels in [0, 1]) as ``test/parzen_loglik`` with ``test/parzen_loglik_se`` and
+``test/parzen_sigma``. It is a weak estimator in 784 dimensions (Theis et al. 2016):
+use it only to stand beside those papers' numbers.
 """
 
 from __future__ import annotations
@@ -35,8 +42,31 @@ from genlab.evaluate import load_run_config
 from genlab.train import build
 
 
+def parzen_scores(model, dm, n: int, seed: int = 0) -> dict[str, float]:
+    """Parzen-window log-likelihood of the first ``n`` test images under ``n`` samples,
+    the bandwidth chosen on the first 1,000 validation images."""
+    from genlab.data.transforms import to_unit
+    from genlab.metrics import parzen_log_likelihood, parzen_sigma
+    from genlab.metrics.scores import generate
+
+    samples = generate(model, n, seed=seed).flatten(1)  # (n, D) in [0, 1]
+    sigma = parzen_sigma(samples, to_unit(dm.splits["val"][0][:1000]).flatten(1))
+    ll = parzen_log_likelihood(samples, to_unit(dm.splits["test"][0][:n]).flatten(1), sigma)
+    return {
+        "test/parzen_loglik": float(ll.mean()),
+        "test/parzen_loglik_se": float(ll.std() / ll.numel() ** 0.5),
+        "test/parzen_sigma": sigma,
+    }
+
+
 def score_run(
-    ckpt: Path, spaces: list[str], n: int, cache_dir: str, variants: bool, seed: int = 0
+    ckpt: Path,
+    spaces: list[str],
+    n: int,
+    cache_dir: str,
+    variants: bool,
+    seed: int = 0,
+    parzen: bool = False,
 ) -> tuple[dict[str, float], dict[str, float], object]:
     """({test/<score>: value}, {space: seconds}, the run's config) of one checkpoint."""
     cfg = load_run_config(ckpt, [])
@@ -58,13 +88,19 @@ def score_run(
         with torch.no_grad():
             values.update(cb.scores(trainer, model, "test"))
         seconds[space] = round(time.perf_counter() - t0, 1)
+    if parzen:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            values.update(parzen_scores(model, dm, n, seed))
+        seconds["parzen"] = round(time.perf_counter() - t0, 1)
     return values, seconds, cfg
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--features", nargs="+", default=["inception", "classifier"])
+    p.add_argument("--features", nargs="*", default=["inception", "classifier"])
+    p.add_argument("--parzen", action="store_true", help="also the Parzen-window log-lik.")
     p.add_argument("--n", type=int, default=2000, help="samples and test images")
     p.add_argument("--ckpt", default="best", choices=["best", "last"])
     p.add_argument("--names", nargs="*", help="one output name per run")
@@ -84,7 +120,9 @@ def main() -> None:
         cache = args.cache_dir or str(
             OmegaConf.select(OmegaConf.load(run / ".hydra" / "config.yaml"), "metrics.cache_dir")
         )
-        values, seconds, cfg = score_run(ckpt, args.features, args.n, cache, args.variants)
+        values, seconds, cfg = score_run(
+            ckpt, args.features, args.n, cache, args.variants, parzen=args.parzen
+        )
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
         row = {"epoch": saved.get("epoch", ""), "step": saved.get("global_step", ""), **values}
         with open(args.out / f"metrics_{name}.csv", "w", newline="") as f:

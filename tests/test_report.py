@@ -144,6 +144,14 @@ def test_reproduction_table_reads_values_from_the_runs(tmp_path: Path) -> None:
     assert "| 1.13% |" in row and "| 1.24% |" in row and "5 of 200 epochs" in row, row
     digest = hashlib.sha256(b"weights").hexdigest()[:12]
     assert row.rstrip(" |").endswith(f"ckpt.bin ({digest})"), row
+    # a recorded digest: the same cell without the file, a flagged one for other weights
+    (exp / "reproduction.yaml").write_text(
+        (exp / "reproduction.yaml").read_text() + f"  sha256: {digest}\n"
+    )
+    (exp / "ckpt.bin").unlink()
+    assert reproduction.checkpoint_cell(exp, "ckpt.bin", digest) == f"ckpt.bin ({digest})"
+    (exp / "ckpt.bin").write_bytes(b"other weights")
+    assert "not the row's weights" in reproduction.checkpoint_cell(exp, "ckpt.bin", digest)
     (exp / "reproduction.yaml").write_text("- run: a\n  metric: test/error_avg\n")
     with pytest.raises(ValueError, match="reproduction.yaml: row 1 has no protocol, paper, source"):
         report([tmp_path / "exp"], None, readme, plots=False)

@@ -587,3 +587,35 @@ def test_under_ddp_only_rank_zero_may_train_the_feature_net(tmp_path, monkeypatc
         assert events == ["get:new", "barrier", "get:cached"]
     else:
         assert events == ["barrier", "get:cached"]
+
+
+def test_score_samples_parzen_window_of_a_digits_checkpoint(make_cfg, tmp_path) -> None:
+    """scripts/score_samples.py --parzen on a trained checkpoint: the mean test
+    log-likelihood under the Parzen window of the run's own samples, at the bandwidth
+    the validation images chose, recomputed here from the same samples."""
+    import importlib.util
+
+    from genlab.data.transforms import to_unit
+    from genlab.metrics import parzen_log_likelihood
+    from genlab.metrics.scores import generate
+    from genlab.models import VAE
+
+    cfg = make_cfg("trainer.max_epochs=1", "metrics.every_n_epochs=0", "test=false")
+    train(cfg)
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    spec = importlib.util.spec_from_file_location("score", REPO / "scripts" / "score_samples.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    values, seconds, _ = mod.score_run(ckpt, [], 150, str(CACHE), False, parzen=True)
+    assert set(values) == {"test/parzen_loglik", "test/parzen_loglik_se", "test/parzen_sigma"}
+    assert "parzen" in seconds and 0.05 <= values["test/parzen_sigma"] <= 1.0
+    model = VAE.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    dm = Digits()
+    dm.setup()
+    samples = generate(model, 150).flatten(1)
+    test = to_unit(dm.splits["test"][0][:150]).flatten(1)
+    ll = parzen_log_likelihood(samples, test, values["test/parzen_sigma"])
+    assert values["test/parzen_loglik"] == pytest.approx(float(ll.mean()), rel=1e-5)
+    assert values["test/parzen_loglik_se"] == pytest.approx(float(ll.std()) / 150**0.5, rel=1e-4)

@@ -10,6 +10,8 @@ from genlab.metrics.likelihood import (
     log_categorical,
     log_normal,
     log_standard_normal,
+    parzen_log_likelihood,
+    parzen_sigma,
     sample_chunks,
 )
 
@@ -25,6 +27,8 @@ __all__ = [
     "log_categorical",
     "log_normal",
     "log_standard_normal",
+    "parzen_log_likelihood",
+    "parzen_sigma",
     "pearson",
     "sample_chunks",
 ]

@@ -13,11 +13,15 @@ A ``reproduction.yaml`` is a list of rows::
       commit: 0a1b2c3              # optional
       command: python train.py experiment=vae_mnist    # optional
       checkpoint: <run>/checkpoints/best.ckpt  # optional: the checkpoint behind the row
+      sha256: 0a1b2c3d4e5f            # optional: its digest, recorded when the row was written
 
 genlab's value is read from the run's own metrics (the CSV log, or ``eval.py``'s
 ``metrics.json`` over it), never typed by hand. A row's ``checkpoint`` (relative to the
 folder, or absolute) is listed with the first 12 hex digits of its SHA-256, so a reader
 can check that ``genlab-eval ckpt_path=<it>`` evaluates the very weights of the row.
+Checkpoints of long runs stay in their run folders (outside git): a row records the
+digest as ``sha256``, so the table is the same on a clone without the file, and where
+the file is present its digest is checked against the record (a mismatch is shown).
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]
             str(hours if hours is not None else ""),
             str(row.get("commit", "")),
             f"`{row['command']}`" if row.get("command") else "",
-            checkpoint_cell(folder, row.get("checkpoint")),
+            checkpoint_cell(folder, row.get("checkpoint"), row.get("sha256")),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -129,13 +133,21 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def checkpoint_cell(folder: Path, path: Any) -> str:
-    """``name (digest)`` of a row's checkpoint; "not kept" where the file is gone."""
+def checkpoint_cell(folder: Path, path: Any, recorded: Any = None) -> str:
+    """``name (digest)`` of a row's checkpoint: the recorded digest where the row has one
+    (checked against the file where the file is here), else the file's; "not kept" where
+    neither is known."""
     if not path:
         return ""
     ckpt = Path(str(path)).expanduser()
     ckpt = ckpt if ckpt.is_absolute() else folder / ckpt
-    return f"{ckpt.name} ({file_digest(ckpt)})" if ckpt.is_file() else f"{ckpt.name}: not kept"
+    actual = file_digest(ckpt) if ckpt.is_file() else None
+    if recorded:
+        recorded = str(recorded)[:12]
+        if actual is not None and actual != recorded:
+            return f"{ckpt.name} ({recorded}; the file here is {actual}: not the row's weights)"
+        return f"{ckpt.name} ({recorded})"
+    return f"{ckpt.name} ({actual})" if actual else f"{ckpt.name}: not kept"
 
 
 NOTES = (
