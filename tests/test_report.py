@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, csv_rows
+from conftest import DATA_DIR, REPO, csv_rows, needs_mnist
 
 from genlab.report import BEGIN, END, find_runs, report, write_block
 from genlab.train import train
@@ -185,3 +185,29 @@ def test_a_rows_checkpoint_reproduces_its_number_with_genlab_eval(make_cfg, tmp_
     assert f"best.ckpt ({digest})" in text[text.index(reproduction.BEGIN) :]
     again = evaluate(run / "checkpoints" / "best.ckpt", ["model.iwae_samples=16"])
     assert again["metrics"]["test/elbo"] == pytest.approx(metrics["test/elbo"], rel=1e-5)
+
+
+@needs_mnist
+def test_the_committed_linear_ae_row_is_reproduced_by_genlab_eval(tmp_path: Path) -> None:
+    """The reproducibility table's AE row keeps its checkpoint in git: the file is the one
+    the row's digest names, and genlab-eval on it (a copy of the run folder, so nothing is
+    written into the repository) gives the row's test/recon again."""
+    import yaml
+
+    from genlab.evaluate import evaluate
+    from genlab.report import reproduction
+
+    folder = REPO / "experiments" / "ae_linear_mnist"
+    (row,) = yaml.safe_load((folder / "reproduction.yaml").read_text())
+    assert reproduction.file_digest(folder / row["checkpoint"]) == row["sha256"]
+    with open(folder / "metrics.csv") as f:
+        logged = next(float(r["test/recon"]) for r in csv.DictReader(f) if r.get("test/recon"))
+    run = tmp_path / "run"
+    shutil.copytree(folder / ".hydra", run / ".hydra")
+    shutil.copytree(folder / "checkpoints", run / "checkpoints")
+    again = evaluate(
+        run / row["checkpoint"], ["callbacks.sample_scores=null", f"paths.data_dir={DATA_DIR}"]
+    )
+    assert again["metrics"][row["metric"]] == pytest.approx(logged, rel=1e-5)
+    assert "test/fid" not in again["metrics"]  # sample_scores=null: no feature network
+    assert abs(logged - row["paper"]) < 0.1  # the linear AE reaches PCA's optimum

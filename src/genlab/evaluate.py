@@ -135,6 +135,7 @@ def image_callbacks(cfg: DictConfig) -> tuple[ImageGrids, LatentTools]:
 
 
 EVAL_CALLBACKS = ("sample_scores", "image_grids", "latent_tools")  # the ones eval.py builds
+NO_SCORES = ("callbacks.sample_scores=null",)
 
 
 def evaluate(
@@ -202,6 +203,10 @@ def _evaluate(ckpt_path: str | Path, overrides: list[str]) -> dict[str, Any]:
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     check_accelerator(accelerator)
     devices, strategy, nodes = processes(cfg, overrides)
+    # callbacks.sample_scores=null on the command line: the family's own metrics only (no
+    # FID / probes); absent from an old run's config, the scores are built from metrics.*.
+    skip = any(o.replace(" ", "") in NO_SCORES for o in overrides)
+    scores = [] if skip else [scores_callback(cfg)]
     try:
         trainer = pl.Trainer(
             accelerator=accelerator,
@@ -210,7 +215,7 @@ def _evaluate(ckpt_path: str | Path, overrides: list[str]) -> dict[str, Any]:
             num_nodes=nodes,
             precision=cfg.trainer.get("precision", 32),
             logger=False,
-            callbacks=[scores_callback(cfg), TestProgress()],
+            callbacks=[*scores, TestProgress()],
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,

@@ -12,6 +12,9 @@ A ``reproduction.yaml`` is a list of rows::
       cpu_hours: 0.3               # optional (else the run's wall-clock hours)
       commit: 0a1b2c3              # optional
       command: python train.py experiment=vae_mnist    # optional
+      binarisation: dynamic (a fresh Bernoulli draw per batch)  # optional: how the data were
+                                  # binarised, where the config does not say (static /
+                                  # threshold runs are named from data.binarize)
       checkpoint: <run>/checkpoints/best.ckpt  # optional: the checkpoint behind the row
       sha256: 0a1b2c3d4e5f            # optional: its digest, recorded when the row was written
 
@@ -96,10 +99,11 @@ def _value(metric: str, v: float | None) -> str:
 
 
 def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]) -> str:
-    """The Markdown table, one line per row, in the order found."""
+    """The Markdown table, one line per row, by family (then folder, then file order)."""
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    for top, folder, row in rows:
-        run = _run_of(runs, top, folder, str(row.get("run") or ""))
+    found = [(_run_of(runs, top, f, str(row.get("run") or "")), f, row) for top, f, row in rows]
+    found.sort(key=lambda t: t[0].family if t[0] else "~")  # stable: folder order within
+    for run, folder, row in found:
         value = run.last(row["metric"]) if run else None
         hours = row.get("cpu_hours")
         if hours is None and run is not None and run.minutes is not None:
@@ -107,7 +111,7 @@ def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]
         paper = row["paper"]
         cells = [
             run.family if run else "?",
-            run.data if run else "?",
+            data_cell(run, row.get("binarisation")) if run else "?",
             f"`{row['metric']}`",
             str(row["protocol"]),
             _value(row["metric"], paper) if isinstance(paper, (int, float)) else str(paper),
@@ -122,6 +126,19 @@ def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+BINARISED = {
+    "static": "static binarisation (one fixed Bernoulli draw, seeded)",
+    "threshold": "thresholded at 128",
+}
+
+
+def data_cell(run: Run, binarisation: Any = None) -> str:
+    """The data set and how it was binarised: from the run's ``data.binarize`` where set,
+    else the row's ``binarisation`` text, else grey values."""
+    how = BINARISED.get(str((run.config.get("data") or {}).get("binarize")))
+    return f"{run.data}, {how or binarisation or 'grey values'}"
 
 
 def file_digest(path: Path) -> str:
