@@ -190,6 +190,17 @@ def test_vamp_prior_is_the_mixture_of_the_pseudo_inputs_posteriors() -> None:
         for i in range(5)
     ])  # fmt: skip
     assert torch.allclose(model.log_prior(z), by_hand, atol=1e-5)
+    # The expanded quadratic form against the broadcast one where cancellation would
+    # show: narrow components (sigma 0.05) and points far out (|z| ~ 10).
+    from genlab.metrics import log_normal, log_normal_mixture
+
+    g = torch.Generator().manual_seed(1)
+    mu, log_var = 8 * torch.randn(50, 3, generator=g), torch.full((50, 3), -6.0)
+    z = mu[:20] + 0.1 * torch.randn(20, 3, generator=g) + 2 * torch.randn(20, 3, generator=g)
+    direct = torch.logsumexp(log_normal(z.double()[:, None], mu.double(), log_var.double()), -1)
+    assert torch.allclose(
+        log_normal_mixture(z, mu, log_var).double(), direct - math.log(50), rtol=1e-6
+    )
     # The ELBO's KL is the one-sample log q(z|x) - log p(z); it trains (gradients reach
     # the pseudo-inputs).
     x = torch.bernoulli(torch.full((4, 1, 8, 8), 0.3))
@@ -235,3 +246,17 @@ def test_parzen_window_matches_a_direct_computation_and_picks_the_true_bandwidth
     val = centres[pick] + 0.1 * torch.randn(3000, 3, generator=g)
     grid = torch.tensor([0.02, 0.05, 0.1, 0.2, 0.4])
     assert parzen_sigma(centres, val, grid) == pytest.approx(0.1)
+
+
+def test_a_fast_dev_run_caps_the_test_importance_samples() -> None:
+    """k = 5000 at test takes minutes per batch: under fast_dev_run the bound uses 64."""
+    from types import SimpleNamespace
+
+    model = _tiny_vae(iwae_samples=5000).eval()
+    used = []
+    model.iwae_log_likelihood = lambda x, k, g, y: used.append(k) or torch.zeros(x.shape[0])
+    batch = (torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8), torch.zeros(4).long())
+    model.batch_metrics(batch, 0, full=True)
+    model._trainer = SimpleNamespace(fast_dev_run=True)
+    model.batch_metrics(batch, 0, full=True)
+    assert used == [5000, 64]
