@@ -619,3 +619,33 @@ def test_score_samples_parzen_window_of_a_digits_checkpoint(make_cfg, tmp_path) 
     ll = parzen_log_likelihood(samples, test, values["test/parzen_sigma"])
     assert values["test/parzen_loglik"] == pytest.approx(float(ll.mean()), rel=1e-5)
     assert values["test/parzen_loglik_se"] == pytest.approx(float(ll.std()) / 150**0.5, rel=1e-4)
+
+
+def test_eval_limits_the_test_pass_to_the_first_batches(make_cfg, tmp_path) -> None:
+    """eval.py ... trainer.limit_test_batches=1: the metrics of the first test batch only
+    (how the DDPM's exact 1,000-term bound is run on a subset), and with
+    callbacks.sample_scores=null no score at all."""
+    from genlab.evaluate import evaluate
+    from genlab.models import VAE
+
+    cfg = make_cfg("trainer.max_epochs=1", "metrics.every_n_epochs=0", "test=false")
+    train(cfg)
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    over = [
+        "callbacks.sample_scores=null",
+        "trainer.limit_test_batches=1",
+        "data.eval_batch_size=40",
+    ]
+    got = evaluate(ckpt, [*over, "model.iwae_samples=8"])["metrics"]
+    assert "test/fid" not in got and "test/linear_probe_acc" not in got
+    model = VAE.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    dm = Digits()
+    dm.setup()
+    x, y = dm.splits["test"]
+    with torch.no_grad():
+        first = model.batch_metrics((x[:40], y[:40], torch.arange(40)), 0)["elbo"]
+        everything = model.batch_metrics((x, y, torch.arange(len(y))), 0)["elbo"]
+    assert got["test/elbo"] == pytest.approx(float(first), rel=1e-5)
+    assert abs(float(everything) - float(first)) > 1e-3  # the limit mattered

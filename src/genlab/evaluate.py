@@ -214,6 +214,8 @@ def _evaluate(ckpt_path: str | Path, overrides: list[str]) -> dict[str, Any]:
             strategy=strategy,
             num_nodes=nodes,
             precision=cfg.trainer.get("precision", 32),
+            # e.g. the exact DDPM bound on the first batches only (per process under DDP)
+            limit_test_batches=cfg.trainer.get("limit_test_batches") or 1.0,
             logger=False,
             callbacks=[*scores, TestProgress()],
             enable_checkpointing=False,
