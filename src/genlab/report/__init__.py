@@ -98,7 +98,8 @@ def report(
         write_block(readme, markdown(header, cells, skipped, readme.parent) + "\n" + NOTES)
         rows = reproduction.find_rows(paths)
         if rows:  # the reproducibility table, in its own block
-            text = reproduction.table(runs, rows) + "\n" + reproduction.NOTES
+            cover = reproduction.coverage_note(runs, rows)
+            text = reproduction.table(runs, rows) + "\n" + cover + reproduction.NOTES
             write_block(readme, text, reproduction.BEGIN, reproduction.END)
     return records
 

@@ -141,6 +141,34 @@ def data_cell(run: Run, binarisation: Any = None) -> str:
     return f"{run.data}, {how or binarisation or 'grey values'}"
 
 
+def families() -> list[str]:
+    """Every family genlab ships: the class names of ``conf/model/*.yaml``'s targets."""
+    from genlab.paths import config_dir
+
+    names = set()
+    for f in sorted((Path(config_dir()) / "model").glob("*.yaml")):
+        target = (yaml.safe_load(f.read_text()) or {}).get("_target_")
+        if isinstance(target, str):
+            names.add(target.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def missing_families(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict]]) -> list[str]:
+    """The families with no row in the table yet."""
+    have = set()
+    for top, folder, row in rows:
+        run = _run_of(runs, top, folder, str(row.get("run") or ""))
+        if run is not None:
+            have.add(run.family)
+    return [f for f in families() if f not in have]
+
+
+def coverage_note(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict]]) -> str:
+    """One line under the table: the families that have no row yet (empty when none)."""
+    missing = missing_families(runs, rows)
+    return f"Families without a row yet: {', '.join(missing)}.\n\n" if missing else ""
+
+
 def file_digest(path: Path) -> str:
     """The first 12 hex digits of a file's SHA-256."""
     h = hashlib.sha256()
