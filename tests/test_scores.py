@@ -451,11 +451,25 @@ def test_two_jobs_with_an_empty_cache_both_finish_with_the_same_scores(tmp_path)
     assert len(list(cache.glob("digits-*.pt"))) == 1 and not list(cache.rglob("*.tmp"))
 
 
-def test_fast_dev_runs_train_no_feature_network(make_cfg, tmp_path) -> None:
+def test_fast_dev_runs_train_no_feature_network(make_cfg, tmp_path, monkeypatch) -> None:
+    """A smoke run trains no feature network, and its probes run on a few codes only."""
+    import genlab.callbacks.scores as cb
+    import genlab.metrics.scores as ms
+
+    sizes = []
+    real = ms.probe_scores
+
+    def recording(model, train, test):
+        sizes.append((len(train[0]), len(test[0])))
+        return real(model, train, test)
+
+    monkeypatch.setattr(ms, "probe_scores", recording)
+    monkeypatch.setattr(cb, "SMOKE_PROBE_IMAGES", 64)
     cache = tmp_path / "cache"
     metrics, _ = train(make_cfg("trainer.fast_dev_run=true", f"metrics.cache_dir={cache}"))
     assert "test/elbo" in metrics and not any(k.endswith("fid") for k in metrics)
     assert not cache.exists() or not list(cache.rglob("*.pt"))
+    assert sizes == [(64, 64)] and "test/linear_probe_acc" in metrics
 
 
 def test_long_computations_say_how_far_they_are(monkeypatch, caplog) -> None:

@@ -23,6 +23,7 @@ PROBES = ("linear_probe_acc", "knn_acc", "mlp_probe_acc")  # test/<name>, see pr
 SCORES = ("fid", "kid", "precision", "recall", "density", "coverage")  # + the space's suffix
 # Computed on every rank (equal there): logged by each, so every rank may monitor them.
 SHARED = (*SCORES, "cond_acc", "feature_net")
+SMOKE_PROBE_IMAGES = 1000  # codes per split the probes use under trainer.fast_dev_run
 
 
 class SampleScores(pl.Callback):
@@ -180,7 +181,8 @@ class SampleScores(pl.Callback):
 
     @staticmethod
     def smoke(trainer: pl.Trainer) -> bool:
-        """A fast dev run: no score that needs a feature network (the probes still run)."""
+        """A fast dev run: no score that needs a feature network (the probes still run, on
+        ``SMOKE_PROBE_IMAGES`` codes)."""
         return bool(getattr(trainer, "fast_dev_run", False))
 
     # ---- feature networks -------------------------------------------------------------
@@ -389,12 +391,17 @@ class SampleScores(pl.Callback):
         from genlab.metrics.scores import encode_all, probe_scores
 
         dm = trainer.datamodule
-        train = tuple(t[: self.n_probe_train] for t in dm.splits["train"][:2])
-        out = {
-            f"test/{k}": v for k, v in probe_scores(pl_module, train, dm.splits["test"][:2]).items()
-        }
+        # A fast dev run probes 1,000 codes each way: the code path, not the number (a
+        # flow encodes 20,000 images in minutes on a CPU).
+        cap = SMOKE_PROBE_IMAGES if self.smoke(trainer) else None
+        train = tuple(
+            t[: min(self.n_probe_train, cap or self.n_probe_train)] for t in dm.splits["train"][:2]
+        )
+        test = tuple(t[:cap] for t in dm.splits["test"][:2])
+        out = {f"test/{k}": v for k, v in probe_scores(pl_module, train, test).items()}
         if self.hsic:
-            x, y = (t[: self.n_hsic].to(pl_module.device) for t in dm.splits["test"][:2])
+            n = min(self.n_hsic, cap or self.n_hsic)
+            x, y = (t[:n].to(pl_module.device) for t in dm.splits["test"][:2])
             z = encode_all(pl_module, x)  # (n, d)
             out["test/hsic_code_label"] = hsic(z, y)
             h = z.shape[1] // 2
