@@ -277,16 +277,17 @@ class RBM(BinaryImages, GenlabModule):
         if not hp.raise_images or "test" not in self.log_z:
             return
         batch_idx = self.eval_batch_idx(batch_idx)
+        images, betas = hp.raise_images, hp.raise_betas
+        if getattr(self._trainer, "fast_dev_run", False):
+            images, betas = min(images, 8), min(betas, 1000)  # a smoke run stays a smoke run
         idx = batch[2] if len(batch) > 2 else torch.arange(batch[0].shape[0])
-        keep = (idx >= 0) & (idx < hp.raise_images)  # -1: DDP padding
+        keep = (idx >= 0) & (idx < images)  # -1: DDP padding
         v = self.preprocess(batch[0], eval_generator(batch[0].device, batch_idx))[keep]
         n = v.shape[0]
         if n:
             g = torch.Generator(device=v.device).manual_seed(hp.ais_seed * 1_000_003 + batch_idx)
             base = base_rate_bias(self.pixel_mean)
-            est = raise_log_likelihood(
-                self.rbm, base, scaled_betas(hp.raise_betas), v, hp.raise_chains, g
-            )
+            est = raise_log_likelihood(self.rbm, base, scaled_betas(betas), v, hp.raise_chains, g)
             values = {
                 "test/loglik_raise": est.log_p.float().mean(),
                 "test/loglik_raise_se": est.stderr.float().mean(),
