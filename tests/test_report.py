@@ -216,3 +216,29 @@ def test_the_committed_linear_ae_row_is_reproduced_by_genlab_eval(tmp_path: Path
     assert again["metrics"][row["metric"]] == pytest.approx(logged, rel=1e-5)
     assert "test/fid" not in again["metrics"]  # sample_scores=null: no feature network
     assert abs(logged - row["paper"]) < 0.1  # the linear AE reaches PCA's optimum
+
+
+def test_learning_curve_extrapolation_recovers_a_known_power_law() -> None:
+    """y = a + b t^-c fitted on a noisy curve gives back a and the epoch that reaches a
+    target; a target beyond the asymptote is out of reach; a lower-is-better curve too."""
+    import numpy as np
+
+    from genlab.report.extrapolate import fit_power_law, to_target
+
+    rng = np.random.default_rng(0)
+    epochs = np.arange(50)
+    loglik = -86.0 - 40.0 * (epochs + 1.0) ** -0.7 + rng.normal(0, 0.01, 50)
+    fit = to_target(fit_power_law(epochs, loglik), -87.0)
+    assert fit.a == pytest.approx(-86.0, abs=0.3) and fit.reachable
+    assert fit.epochs_to_target == pytest.approx((1 / 40) ** (-1 / 0.7) - 1, rel=0.15)
+    assert not to_target(fit_power_law(epochs, loglik), -85.0).reachable
+    assert to_target(fit_power_law(epochs, loglik), -95.0).epochs_to_target is None  # done
+    error = 0.01 + 0.02 * (epochs + 1.0) ** -0.5
+    fit = to_target(fit_power_law(epochs, error), 0.012)
+    assert fit.epochs_to_target == pytest.approx(99.0, rel=0.05) and fit.reachable
+    # a curve flattened by a decaying learning rate is no power law: no epoch count
+    flat = np.minimum(1900.0, 2000.0 - 3000.0 * (epochs + 1.0) ** -0.9)
+    fit = to_target(fit_power_law(epochs, flat), 1980.0)
+    assert fit.epochs_to_target is None and fit.note
+    with pytest.raises(ValueError, match="need 4"):
+        fit_power_law([0, 1, 2], [1.0, 0.5, 0.3])
