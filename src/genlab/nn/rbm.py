@@ -26,6 +26,14 @@ from torch import Tensor, nn
 from genlab.progress import Progress
 
 
+def bernoulli(p: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Binary states drawn with probabilities ``p`` (same shape and dtype): uniform draws
+    compared with p, three times faster than ``torch.bernoulli`` on a CPU (the Gibbs
+    sweeps of CD-25, AIS and RAISE spend half their time drawing)."""
+    u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+    return (u < p).to(p.dtype)
+
+
 class RBMLayer(nn.Module):
     """One RBM layer: weights W (V, H), visible bias b (V,), hidden bias c (H,).
 
@@ -65,10 +73,10 @@ class RBMLayer(nn.Module):
         if self.gaussian_hidden:  # unit variance at beta = 1; 1/beta in general
             std = 1.0 / math.sqrt(beta) if beta > 0 else 0.0
             return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device)
-        return torch.bernoulli(mean, generator=generator)
+        return bernoulli(mean, generator=generator)
 
     def sample_visible(self, h: Tensor, generator=None) -> Tensor:
-        return torch.bernoulli(torch.sigmoid(self.visible_logits(h)), generator=generator)
+        return bernoulli(torch.sigmoid(self.visible_logits(h)), generator=generator)
 
     def gibbs(self, v: Tensor, steps: int, generator=None) -> Tensor:
         """``steps`` full Gibbs sweeps v -> h -> v from v (B, V); binary states out."""
@@ -186,7 +194,7 @@ def ais_log_partition(
     bA = base_bias.to(W)
     device = W.device
     log_z0 = F.softplus(bA.double()).sum() + rbm.hidden * math.log(2.0)
-    v = torch.bernoulli(torch.sigmoid(bA).expand(runs, -1), generator=generator)
+    v = bernoulli(torch.sigmoid(bA).expand(runs, -1), generator=generator)
     log_w = torch.zeros(runs, dtype=torch.float64, device=device)
 
     def log_f(v: Tensor, beta: float, act: Tensor) -> Tensor:  # (M,) unnormalised log f_beta
@@ -198,9 +206,9 @@ def ais_log_partition(
         act = v @ W + c  # (M, H), shared by both terms
         log_w += (log_f(v, beta, act) - log_f(v, prev, act)).double()
         if beta < 1.0:  # transition leaving f_beta invariant
-            h = torch.bernoulli(torch.sigmoid(beta * act), generator=generator)
+            h = bernoulli(torch.sigmoid(beta * act), generator=generator)
             logits = (1 - beta) * bA + beta * (h @ W.T + b)
-            v = torch.bernoulli(torch.sigmoid(logits), generator=generator)
+            v = bernoulli(torch.sigmoid(logits), generator=generator)
         track.update()
     track.finish()
     log_z = log_z0 + torch.logsumexp(log_w, 0) - math.log(runs)
@@ -249,9 +257,9 @@ def raise_log_likelihood(
     track = Progress(f"RAISE log p ({n} images x {chains} chains)", len(betas) - 1, "temperatures")
     for beta in reversed(betas[1:]):  # k = K .. 1
         log_w += log_f(x, beta).double()
-        h = torch.bernoulli(torch.sigmoid(beta * (x @ W + c)), generator=generator)
+        h = bernoulli(torch.sigmoid(beta * (x @ W + c)), generator=generator)
         logits = (1 - beta) * bA + beta * (h @ W.T + b)
-        x = torch.bernoulli(torch.sigmoid(logits), generator=generator)
+        x = bernoulli(torch.sigmoid(logits), generator=generator)
         log_w -= log_f(x, beta).double()
         track.update()
     track.finish()
