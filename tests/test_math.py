@@ -260,3 +260,16 @@ def test_a_fast_dev_run_caps_the_test_importance_samples() -> None:
     model._trainer = SimpleNamespace(fast_dev_run=True)
     model.batch_metrics(batch, 0, full=True)
     assert used == [5000, 64]
+
+
+def test_kl_warmup_rises_linearly_to_beta_by_step() -> None:
+    from types import SimpleNamespace
+
+    model = _tiny_vae(beta=0.5, kl_warmup_epochs=4)
+    assert model.kl_weight() == 0.5  # outside a fit: beta
+    for step, want in ((0, 0.0), (10, 0.125), (40, 0.5), (400, 0.5)):
+        model._trainer = SimpleNamespace(num_training_batches=10, global_step=step)
+        assert model.kl_weight() == pytest.approx(want)
+    model = _tiny_vae(beta=0.5)
+    model._trainer = SimpleNamespace(num_training_batches=10, global_step=0)
+    assert model.kl_weight() == 0.5  # no warm-up: beta from the first step

@@ -30,6 +30,7 @@ from torch import Tensor
 from genlab.checks import (
     NetSpec,
     NonNegativeFloat,
+    NonNegativeInt,
     OptimizerName,
     PositiveFloat,
     PositiveInt,
@@ -105,6 +106,7 @@ class VAE(PixelLikelihood, GenlabModule):
         ciwae_beta: UnitInterval = 0.5,
         prior: Literal["normal", "vamp"] = "normal",
         pseudo_inputs: PositiveInt = 500,
+        kl_warmup_epochs: NonNegativeInt = 0,
     ) -> None:
         check_args(type(self), locals(), "model")
         super().__init__()
@@ -245,9 +247,21 @@ class VAE(PixelLikelihood, GenlabModule):
             self.log_train({"loss": loss, self.hparams.objective: bound.detach().mean()})
             return loss
         terms = self.elbo(x, None, y)
-        loss = (terms["recon"] + self.hparams.beta * terms["kl"]).mean()
+        loss = (terms["recon"] + self.kl_weight() * terms["kl"]).mean()
         self.log_train({"loss": loss, **{k: terms[k].mean() for k in ("recon", "kl", "elbo")}})
         return loss
+
+    def kl_weight(self) -> float:
+        """The KL term's weight in training: ``beta``, or during the first
+        ``kl_warmup_epochs`` a linear rise from 0 to beta by step (the warm-up of
+        Bowman et al. 2016 and Tomczak & Welling 2018; the loss is then not the ELBO,
+        which ``train/elbo`` keeps logging)."""
+        hp = self.hparams
+        warm = hp.kl_warmup_epochs
+        if not warm or self._trainer is None:
+            return hp.beta
+        per_epoch = max(int(self.trainer.num_training_batches or 1), 1)
+        return hp.beta * min(1.0, self.trainer.global_step / (warm * per_epoch))
 
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
         """loss (= recon + beta kl), recon, kl, elbo; with ``full`` also nll_iwae, the
