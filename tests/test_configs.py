@@ -176,3 +176,30 @@ def test_hyperparameter_names_mean_one_thing() -> None:
             # Conv-style encoders (the Conv net, InfoMax's) list one width per layer.
             if name.endswith("_width") or (name == "channels" and cls not in (Conv, InfoMax)):
                 assert isinstance(default, int), f"{cls.__name__}.{name}"
+
+
+def _documented_train_commands() -> list[tuple[str, list[str]]]:
+    """(where, overrides) of every ``python train.py ...`` command the reproducibility
+    table documents (a multirun's comma lists: their first value)."""
+    import shlex
+
+    import yaml
+
+    out = []
+    for f in sorted((REPO / "experiments").rglob("reproduction.yaml")):
+        for i, row in enumerate(yaml.safe_load(f.read_text()) or []):
+            for cmd in str(row.get("command", "")).split(";"):
+                words = shlex.split(cmd)
+                if words[:2] != ["python", "train.py"]:
+                    continue
+                over = [w if "," not in w or "[" in w else w.split(",")[0] for w in words[2:]]
+                out.append((f"{f.parent.name} row {i + 1}", [w for w in over if w != "-m"]))
+    return out
+
+
+@pytest.mark.parametrize("where,overrides", _documented_train_commands())
+def test_the_tables_commands_compose_and_build(make_cfg, where: str, overrides) -> None:
+    """Every training command of the reproducibility table is a valid config whose model
+    builds: a reader can paste it."""
+    cfg = make_cfg(*overrides)
+    build_model(cfg.model, (1, 28, 28), 10)
