@@ -318,3 +318,18 @@ def test_raise_is_unbiased_for_the_annealing_model_and_conservative() -> None:
     gap = est.log_p - exact  # conservative: at most the noise above the truth, and close
     assert float(gap.mean()) < 0.02 and float(gap.mean()) > -0.1, gap
     assert torch.all(est.stderr < 0.1) and torch.all(est.stderr > 0)
+
+
+def test_dbn_finetuning_learning_rate_decays_by_cosine() -> None:
+    from types import SimpleNamespace
+
+    from genlab.models import DBN
+
+    dbn = DBN((1, 4, 4), hidden_sizes=[6, 3], pretrain_epochs=2, finetune_lr=1e-3,
+              finetune_lr_decay=True)  # fmt: skip
+    dbn._trainer = SimpleNamespace(max_epochs=14)  # 4 pre-training + 10 fine-tuning epochs
+    lrs = [dbn.finetune_lr_at(e) for e in (4, 9, 14)]
+    assert lrs == pytest.approx([1e-3, 0.5e-3, 0.0], abs=1e-12)
+    flat = DBN((1, 4, 4), hidden_sizes=[6, 3], pretrain_epochs=2, finetune_lr=1e-3)
+    flat._trainer = SimpleNamespace(max_epochs=14)
+    assert flat.finetune_lr_at(9) == 1e-3

@@ -68,6 +68,7 @@ class DBN(BinaryImages, GenlabModule):
         init_std: PositiveFloat = 0.01,
         finetune_lr: PositiveFloat = 1e-3,
         finetune_optimizer: OptimizerName = "Adam",
+        finetune_lr_decay: bool = False,
         sample_steps: PositiveInt = 200,
     ) -> None:
         check_args(type(self), locals(), "model")
@@ -223,6 +224,21 @@ class DBN(BinaryImages, GenlabModule):
         if stage < self.num_layers:
             into = self.current_epoch - stage * self.hparams.pretrain_epochs
             set_momentum(self.optimizers()[stage].optimizer, into, self.hparams)
+        else:
+            for group in self.optimizers()[-1].optimizer.param_groups:
+                group["lr"] = self.finetune_lr_at(self.current_epoch)
+
+    def finetune_lr_at(self, epoch: int) -> float:
+        """The fine-tuning learning rate at ``epoch``: ``finetune_lr``, or with
+        ``finetune_lr_decay`` a cosine from it to 0 over the fine-tuning epochs (a constant
+        Adam step leaves the reconstruction error hovering above its floor)."""
+        hp = self.hparams
+        if not hp.finetune_lr_decay or self._trainer is None:
+            return hp.finetune_lr
+        start = self.num_layers * hp.pretrain_epochs
+        total = max(int(self.trainer.max_epochs) - start, 1)
+        done = min(max(epoch - start, 0) / total, 1.0)
+        return hp.finetune_lr * 0.5 * (1.0 + math.cos(math.pi * done))
 
     @torch.no_grad()
     def _unroll(self) -> None:
