@@ -133,7 +133,7 @@ def test_reproduction_table_reads_values_from_the_runs(tmp_path: Path) -> None:
     (exp / "reproduction.yaml").write_text(
         "- run: a\n  metric: test/error_avg\n  protocol: 12 draws\n  paper: 0.0113\n"
         "  source: Alemi et al. 2017\n  differs: 5 of 200 epochs\n  command: python train.py x\n"
-        "  checkpoint: ckpt.bin\n"
+        "  checkpoint: ckpt.bin\n  curve: curve.png\n"
     )
     readme = tmp_path / "README.md"
     readme.write_text("# experiments\n")
@@ -142,6 +142,7 @@ def test_reproduction_table_reads_values_from_the_runs(tmp_path: Path) -> None:
     block = text[text.index(reproduction.BEGIN) : text.index(reproduction.END)]
     row = next(line for line in block.splitlines() if line.startswith("| VIB"))
     assert "| 1.13% |" in row and "| 1.24% |" in row and "5 of 200 epochs" in row, row
+    assert "5 of 200 epochs ([learning curve](vib_like/curve.png))" in row, row
     # every family genlab ships, bar the VIB, is listed as still without a row
     line = next(x for x in block.splitlines() if x.startswith("Families without a row yet:"))
     missing = line.split(":", 1)[1].strip(" .").split(", ")

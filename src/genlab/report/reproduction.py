@@ -15,6 +15,8 @@ A ``reproduction.yaml`` is a list of rows::
       binarisation: dynamic (a fresh Bernoulli draw per batch)  # optional: how the data were
                                   # binarised, where the config does not say (static /
                                   # threshold runs are named from data.binarize)
+      curve: extrapolation_vae.png    # optional: a figure of the row's learning curve (and its
+                                  # extrapolation to the paper's number, scripts/extrapolate.py)
       checkpoint: <run>/checkpoints/best.ckpt  # optional: the checkpoint behind the row
       sha256: 0a1b2c3d4e5f            # optional: its digest, recorded when the row was written
 
@@ -101,9 +103,11 @@ def _value(metric: str, v: float | None) -> str:
 def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]) -> str:
     """The Markdown table, one line per row, by family (then folder, then file order)."""
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    found = [(_run_of(runs, top, f, str(row.get("run") or "")), f, row) for top, f, row in rows]
+    found = [
+        (_run_of(runs, top, f, str(row.get("run") or "")), top, f, row) for top, f, row in rows
+    ]
     found.sort(key=lambda t: t[0].family if t[0] else "~")  # stable: folder order within
-    for run, folder, row in found:
+    for run, top, folder, row in found:
         value = run.last(row["metric"]) if run else None
         hours = row.get("cpu_hours")
         if hours is None and run is not None and run.minutes is not None:
@@ -117,7 +121,7 @@ def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]
             _value(row["metric"], paper) if isinstance(paper, (int, float)) else str(paper),
             str(row["source"]),
             _value(row["metric"], value) if run else f"(no run {row.get('run') or 'metrics.csv'})",
-            str(row.get("differs", "")),
+            differs_cell(top, folder, row),
             str(run.epochs if run and run.epochs is not None else ""),
             str(hours if hours is not None else ""),
             str(row.get("commit", "")),
@@ -126,6 +130,16 @@ def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def differs_cell(top: Path, folder: Path, row: dict[str, Any]) -> str:
+    """What differs from the paper, with a link to the row's learning-curve figure
+    (relative to the folder searched, where the README with the table lives)."""
+    text = str(row.get("differs", ""))
+    if row.get("curve"):
+        rel = (folder / str(row["curve"])).relative_to(top).as_posix()
+        text = f"{text} ([learning curve]({rel}))" if text else f"[learning curve]({rel})"
+    return text
 
 
 BINARISED = {
