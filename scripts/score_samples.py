@@ -49,6 +49,10 @@ def parzen_scores(model, dm, n: int, seed: int = 0) -> dict[str, float]:
     from genlab.metrics import parzen_log_likelihood, parzen_sigma
     from genlab.metrics.scores import generate
 
+    if "val" not in dm.splits:
+        raise SystemExit(
+            f"--parzen chooses its bandwidth on validation images: {type(dm).__name__} has none"
+        )
     samples = generate(model, n, seed=seed).flatten(1)  # (n, D) in [0, 1]
     sigma = parzen_sigma(samples, to_unit(dm.splits["val"][0][:1000]).flatten(1))
     ll = parzen_log_likelihood(samples, to_unit(dm.splits["test"][0][:n]).flatten(1), sigma)
