@@ -243,3 +243,38 @@ def test_learning_curve_extrapolation_recovers_a_known_power_law() -> None:
     assert fit.epochs_to_target is None and fit.note
     with pytest.raises(ValueError, match="need 4"):
         fit_power_law([0, 1, 2], [1.0, 0.5, 0.3])
+
+
+def test_keep_run_copies_a_run_with_its_evaluations(tmp_path: Path) -> None:
+    """scripts/keep_run.py: the run's config and metrics under the tag, an eval.py record
+    appended as the last row (so the table reads the evaluated number), the checkpoint's
+    digest and the training hours."""
+    import importlib.util
+    import json
+
+    from genlab.report import reproduction
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "csv").mkdir()
+    (run / "checkpoints" / "eval_exact").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        "model:\n  _target_: genlab.models.DDPM\ndata:\n  _target_: genlab.data.MNIST\n"
+    )
+    (run / "csv" / "metrics.csv").write_text(
+        "epoch,step,time/epoch_s,val/loss,test/bpd\n0,5,1800,0.5,\n1,10,1800,0.4,\n2,10,,,2.24\n"
+    )
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"weights")
+    record = {"metrics": {"test/bpd": 2.11, "test/elbo": -1200.0}}
+    (run / "checkpoints" / "eval_exact" / "metrics.json").write_text(json.dumps(record))
+    spec = importlib.util.spec_from_file_location("keep", REPO / "scripts" / "keep_run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    kept = mod.keep(
+        run, tmp_path / "exp" / "ddpm", "exact", [Path("checkpoints/eval_exact/metrics.json")]
+    )
+    assert kept["sha256"] == reproduction.file_digest(run / "checkpoints" / "best.ckpt")
+    assert kept["train_hours"] == 1.0
+    (found,) = find_runs([tmp_path / "exp"])
+    assert found.name == "ddpm/exact" and found.family == "DDPM"
+    assert found.last("test/bpd") == 2.11 and found.last("test/elbo") == -1200.0
