@@ -12,18 +12,15 @@ from torch.autograd.functional import jacobian
 
 from genlab.callbacks.views import plane_grid
 from genlab.models import NICE, Glow, RealNVP
+from genlab.nn.flow_mixing import ExpLowRank, InvConv1x1, Permute, Reverse
 from genlab.nn.flows import (
     ActNorm,
     Coupling,
     DiagonalScaling,
-    ExpLowRank,
     FlowSequence,
-    InvConv1x1,
     MultiScale,
-    Permute,
     Prior,
     Reshape,
-    Reverse,
     Squeeze,
     conv_net,
     mlp_net,

@@ -33,19 +33,16 @@ from genlab.checks import (
 from genlab.data.transforms import dequantize, eval_generator
 from genlab.errors import ConfigError
 from genlab.models.common import GenlabModule, make_optimizer
+from genlab.nn.flow_mixing import ExpLowRank, InvConv1x1, Permute, Reverse
 from genlab.nn.flows import (
     ActNorm,
     Coupling,
     DiagonalScaling,
-    ExpLowRank,
     FlowLayer,
     FlowSequence,
-    InvConv1x1,
     MultiScale,
-    Permute,
     Prior,
     Reshape,
-    Reverse,
     conv_net,
     mlp_net,
 )
