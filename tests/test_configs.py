@@ -25,6 +25,9 @@ SMALL = {
     "vib": ["model.latent_dim=8"],
     "infomax": ["model.hidden_width=32", "model.channels=[8,16]"],
     "ddpm": ["model.sample_steps=2"],
+    "made": ["model.hidden_sizes=[16]"],
+    "pixelcnn": ["model.channels=8", "model.layers=2"],
+    "vqvae": ["model.channels=8", "model.prior_channels=8", "model.prior_layers=2"],
     "flow_matching": [
         "model.sample_steps=2",
         "model.likelihood_solver=euler",
@@ -41,6 +44,7 @@ def test_every_model_builds_for_unlabelled_images_or_says_it_needs_labels(make_c
     """An image folder without labels (num_classes 0): every family builds except those
     that need labels, which say so in one line."""
     needs_labels = {"cvae": "needs labelled data", "vib": "needs labelled data"}
+    needs_labels["pixelcnn"] = "models one-channel images"  # (and these are RGB)
     for model in MODELS:
         cfg = make_cfg(f"model={model}", "data=image_folder", "data.path=.", "data.size=32")
         if model in needs_labels:
@@ -59,9 +63,14 @@ def test_every_model_and_data_instantiates(make_cfg, model: str, data: str) -> N
     assert dm.num_classes >= 2 and len(dm.data_shape) == (3 if images else 1)
     if not images and model not in ANY_DATA:  # Bernoulli / BCE need 8-bit images
         needs_images = (
-            r"model(\.likelihood=bernoulli|\.loss=bce|=aae|=rbm|=dbn|=glann|=infomax) needs image"
+            r"model(\.likelihood=bernoulli|\.loss=bce|=aae|=rbm|=dbn|=glann|=infomax|=made|=pixelcnn"
+            r"|=vqvae) needs image"
         )
         with pytest.raises(ConfigError, match=needs_images):
+            build_model(cfg.model, dm.data_shape, dm.num_classes)
+        return
+    if model == "pixelcnn" and dm.data_shape[0] != 1:  # RGB: one line, no model
+        with pytest.raises(ConfigError, match=r"model=pixelcnn models one-channel images"):
             build_model(cfg.model, dm.data_shape, dm.num_classes)
         return
     nets = ["model/net=mlp", "model/net=conv"] if "net" in cfg.model else [None]

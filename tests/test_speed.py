@@ -52,6 +52,7 @@ PHASES = {
     "dbn": ["model.pretrain_epochs=1", "trainer.max_epochs=5"],
     "glann": ["model.glo_epochs=1", "trainer.max_epochs=2"],
     "infomax": ["model.shift=2"],  # the documented recipe: random translations per step
+    "vqvae": ["model.vq_epochs=1", "trainer.max_epochs=2"],  # the auto-encoder, then the prior
 }
 
 

@@ -12,10 +12,13 @@ from genlab.models.gan import GAN
 from genlab.models.glann import GLANN
 from genlab.models.gumbel_vae import GumbelVAE
 from genlab.models.infomax import InfoMax
+from genlab.models.made import MADE
 from genlab.models.ogan import OGAN
+from genlab.models.pixelcnn import PixelCNN
 from genlab.models.rbm import RBM
 from genlab.models.vae import VAE
 from genlab.models.vib import VIB
+from genlab.models.vqvae import VQVAE
 
 __all__ = [
     "AAE",
@@ -26,11 +29,14 @@ __all__ = [
     "DDPM",
     "GAN",
     "GLANN",
+    "MADE",
     "NICE",
     "OGAN",
+    "PixelCNN",
     "RBM",
     "VAE",
     "VIB",
+    "VQVAE",
     "Flow",
     "FlowMatching",
     "Glow",

@@ -32,7 +32,7 @@ from genlab.checks import (
 )
 from genlab.data.transforms import dequantize, eval_generator
 from genlab.errors import ConfigError
-from genlab.models.common import GenlabModule, make_optimizer
+from genlab.models.common import GenlabModule, make_optimizer, with_lr_decay
 from genlab.nn.flow_mixing import ExpLowRank, InvConv1x1, Permute, Reverse
 from genlab.nn.flows import (
     ActNorm,
@@ -133,13 +133,7 @@ class Flow(GenlabModule):
         opt = make_optimizer(
             self.parameters(), hp.optimizer, hp.lr, hp.weight_decay, **(hp.optimizer_kwargs or {})
         )
-        if hp.lr_final is None:
-            return opt
-        # Exponential decay from lr to lr_final over the run's epochs (NICE: 1e-3 -> 1e-4).
-        epochs = max(1, (self.trainer.max_epochs or 1) - 1)
-        gamma = (hp.lr_final / hp.lr) ** (1 / epochs)
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return with_lr_decay(opt, hp.lr, hp.lr_final, self.trainer.max_epochs)
 
 
 class NICE(Flow):

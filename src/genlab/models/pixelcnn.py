@@ -1,0 +1,93 @@
+"""Gated PixelCNN (van den Oord et al. 2016, "Conditional image generation with PixelCNN
+decoders"); docs/models/autoregressive.md#pixelcnn.
+
+Masked convolutions in a vertical stack (rows above) and a horizontal stack (the row to
+the left), with no blind spot, gated units and optional class conditioning, give
+p(x) = prod_{i,j} p(x_ij | x_<ij) in raster order, exact in one pass:
+
+    {split}/loglik = log p(x)            nats per image
+    {split}/bpd    = -log p(x) / (D ln 2) (8-bit data: ``categorical``, ``logistic_mixture``)
+
+Sampling draws pixel by pixel: H x W network passes (each on the rows drawn so far), so
+its cost grows with the number of pixels times the network's cost per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from genlab.checks import NonNegativeFloat, OptimizerName, PositiveFloat, PositiveInt, check_args
+from genlab.errors import ConfigError
+from genlab.models.autoregressive import Likelihood, PixelModel
+from genlab.models.sampling import ClassConditionalSampling
+from genlab.nn.autoregressive import GatedPixelCNN
+from genlab.progress import Progress
+
+
+class PixelCNN(ClassConditionalSampling, PixelModel):
+    """Gated PixelCNN over one-channel images; Bernoulli, 256-way softmax or discretised
+    logistic-mixture pixels; ``conditional``: class-conditional p(x | y)."""
+
+    compile_nets = ("pixelcnn",)
+    val_score_samples = 250  # val/fid: H x W passes per sample make a costly sampler
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        num_classes: int = 0,
+        likelihood: Likelihood = "bernoulli",
+        mixture_components: PositiveInt = 5,
+        channels: PositiveInt = 64,
+        layers: PositiveInt = 8,
+        kernel: PositiveInt = 3,
+        first_kernel: PositiveInt = 7,
+        head_channels: PositiveInt | None = None,
+        conditional: bool = False,
+        lr: PositiveFloat = 1e-3,
+        lr_final: PositiveFloat | None = None,
+        weight_decay: NonNegativeFloat = 0.0,
+        optimizer: OptimizerName = "Adam",
+        optimizer_kwargs: dict | None = None,
+    ) -> None:
+        check_args(type(self), locals(), "model")
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.init_pixels(tuple(data_shape), likelihood, mixture_components, "pixelcnn")
+        if self.data_shape[0] != 1:
+            raise ConfigError(
+                f"model=pixelcnn models one-channel images; the data have {self.data_shape[0]} "
+                "channels: use grey data (e.g. data=mnist, data=fashion_mnist)"
+            )
+        if conditional and num_classes < 2:
+            raise ConfigError(
+                "model.conditional=true needs labelled data (num_classes >= 2): use labelled "
+                "data or model.conditional=false"
+            )
+        if kernel % 2 == 0 or first_kernel % 2 == 0:
+            raise ConfigError(
+                f"model.kernel={kernel} and model.first_kernel={first_kernel} must be odd "
+                "(centred masks), e.g. 3 and 7"
+            )
+        self.pixelcnn = GatedPixelCNN(
+            1, self.dist.params, channels, layers, kernel, first_kernel, head_channels,
+            num_classes if conditional else 0,
+        )  # fmt: skip
+
+    def net_output(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """(B, 1, H, W) integer pixels -> (B, params, H, W)."""
+        return self.pixelcnn(self.dist.to_input(x), y)
+
+    def _sample_pixels(self, n: int, y: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        _, h, w = self.data_shape
+        x = torch.zeros(n, *self.data_shape, device=self.device)
+        with Progress("PixelCNN sampling", h * w, "pixels") as p:
+            for i in range(h):
+                for j in range(w):
+                    # Outputs of rows <= i depend on rows <= i only: the rest is cropped.
+                    out = self.net_output(x[:, :, : i + 1], y)  # (n, params, i + 1, W)
+                    x[:, 0, i, j] = self.dist.sample(out[:, :, i, j], generator)
+                    p.update()
+        return x
