@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 class DBN(BinaryImages, GenlabModule):
     """Greedily stacked RBMs, unrolled into a deep auto-encoder and fine-tuned."""
 
+    ddp_find_unused_parameters = True  # each stage's step reaches one RBM or the AE only
+
     def __init__(
         self,
         data_shape: Sequence[int],

@@ -98,6 +98,7 @@ class VQVAE(GenlabModule):
     """Convolutional VQ-VAE on grey images and its gated PixelCNN prior, trained in turn."""
 
     compile_nets = ("encoder", "decoder", "prior")
+    ddp_find_unused_parameters = True  # each stage's backward reaches its own networks only
 
     def __init__(
         self,

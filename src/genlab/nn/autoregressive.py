@@ -215,7 +215,7 @@ class GatedPixelCNN(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         if self.embed_in is not None:  # (B, H, W) codes -> (B, channels, H, W)
-            x = self.embed_in(x.long()).permute(0, 3, 1, 2)
+            x = self.embed_in(x.long()).permute(0, 3, 1, 2).contiguous()
         v = h = x
         for layer in self.layers:
             v, h = layer(v, h, y)

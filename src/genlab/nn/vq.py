@@ -77,7 +77,7 @@ class VectorQuantizer(nn.Module):
 
     def lookup(self, idx: Tensor) -> Tensor:
         """Codes (B, H, W) -> their vectors (B, d, H, W)."""
-        return F.embedding(idx, self.embed).permute(0, 3, 1, 2)
+        return F.embedding(idx, self.embed).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, z_e: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         b, d, h, w = z_e.shape
