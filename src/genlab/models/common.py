@@ -149,6 +149,30 @@ class GenlabModule(pl.LightningModule):
             return super().load_from_checkpoint(checkpoint_path, map_location, **kwargs)
 
 
+class Staged:
+    """Mixin of the families trained in stages within one run (DBN, VQ-VAE): the stage
+    as a buffer, so checkpoints know it, and its host copy, so training steps never read
+    the buffer back (a device sync per step on GPUs); re-read after any state load."""
+
+    def init_stage(self) -> None:
+        self.register_buffer("stage", torch.tensor(0))
+        self._stage: int | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: module._forget_stage())
+
+    def _forget_stage(self) -> None:
+        self._stage = None
+
+    @property
+    def current_stage(self) -> int:
+        if self._stage is None:
+            self._stage = int(self.stage)
+        return self._stage
+
+    def set_stage(self, stage: int) -> None:
+        self.stage.fill_(stage)
+        self._stage = stage
+
+
 def make_optimizer(
     params: Iterable[torch.nn.Parameter],
     name: str,

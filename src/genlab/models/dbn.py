@@ -40,14 +40,14 @@ from genlab.checks import (
 )
 from genlab.data.transforms import eval_generator
 from genlab.errors import ConfigError, require_images
-from genlab.models.common import GenlabModule, make_optimizer
+from genlab.models.common import GenlabModule, Staged, make_optimizer
 from genlab.models.rbm import BinaryImages, filter_images, rbm_sgd, set_momentum
 from genlab.nn.rbm import RBMLayer
 
 log = logging.getLogger(__name__)
 
 
-class DBN(BinaryImages, GenlabModule):
+class DBN(Staged, BinaryImages, GenlabModule):
     """Greedily stacked RBMs, unrolled into a deep auto-encoder and fine-tuned."""
 
     ddp_find_unused_parameters = True  # each stage's step reaches one RBM or the AE only
@@ -102,22 +102,8 @@ class DBN(BinaryImages, GenlabModule):
             nn.Parameter(torch.zeros(h, v)) for v, h in zip(sizes, sizes[1:], strict=False)
         )
         self.dec_b = nn.ParameterList(nn.Parameter(torch.zeros(v)) for v in sizes[:-1])
-        # Stage: l < L trains RBM l; L fine-tunes. A buffer, so checkpoints know it.
-        self.register_buffer("stage", torch.tensor(0))
+        self.init_stage()  # l < L trains RBM l; L fine-tunes
         self.register_buffer("pixel_mean", torch.full((sizes[0],), 0.5))
-        # Its value on the host, so that training steps never read the buffer back (a
-        # device sync per step on GPUs); re-read after any state-dict load.
-        self._stage: int | None = None
-        self.register_load_state_dict_post_hook(lambda module, keys: module._forget_stage())
-
-    def _forget_stage(self) -> None:
-        self._stage = None
-
-    @property
-    def current_stage(self) -> int:
-        if self._stage is None:
-            self._stage = int(self.stage)
-        return self._stage
 
     @property
     def num_layers(self) -> int:
@@ -221,8 +207,7 @@ class DBN(BinaryImages, GenlabModule):
         stage = self.stage_of_epoch(self.current_epoch)
         if stage >= self.num_layers and not self.finetuning:
             self._unroll()
-        self.stage.fill_(stage)
-        self._stage = stage
+        self.set_stage(stage)
         if stage < self.num_layers:
             into = self.current_epoch - stage * self.hparams.pretrain_epochs
             set_momentum(self.optimizers()[stage].optimizer, into, self.hparams)

@@ -42,7 +42,7 @@ from genlab.checks import (
 )
 from genlab.data.transforms import to_unit
 from genlab.errors import ConfigError, require_images
-from genlab.models.common import GenlabModule, make_optimizer
+from genlab.models.common import GenlabModule, Staged, make_optimizer
 from genlab.nn.autoregressive import GatedPixelCNN
 from genlab.nn.pixels import Categorical
 from genlab.nn.vq import VectorQuantizer
@@ -94,7 +94,7 @@ def vq_decoder(code_dim: int, channels: int, c_out: int, upsample: int, res: int
     return nn.Sequential(*layers)
 
 
-class VQVAE(GenlabModule):
+class VQVAE(Staged, GenlabModule):
     """Convolutional VQ-VAE on grey images and its gated PixelCNN prior, trained in turn."""
 
     compile_nets = ("encoder", "decoder", "prior")
@@ -143,20 +143,7 @@ class VQVAE(GenlabModule):
         self.prior = GatedPixelCNN(
             1, codes, prior_channels, prior_layers, 3, kernel, in_embed=codes
         )
-        # Stage 0: the VQ-VAE trains; 1: the prior. A buffer, so checkpoints know it; its
-        # host copy spares training steps a read-back (re-read after any state load).
-        self.register_buffer("stage", torch.tensor(0))
-        self._stage: int | None = None
-        self.register_load_state_dict_post_hook(lambda module, keys: module._forget_stage())
-
-    def _forget_stage(self) -> None:
-        self._stage = None
-
-    @property
-    def current_stage(self) -> int:
-        if self._stage is None:
-            self._stage = int(self.stage)
-        return self._stage
+        self.init_stage()  # 0: the VQ-VAE trains; 1: the prior
 
     def metrics_of_later_stages(self) -> set[str]:
         """Validation metrics only the prior's stage logs (for the checkpoint monitor)."""
@@ -255,8 +242,7 @@ class VQVAE(GenlabModule):
         stage = 0 if self.current_epoch < self.hparams.vq_epochs else 1
         if stage == 1 and self.current_stage == 0:
             log.info("VQ-VAE: encoder, codebook and decoder frozen; training the prior")
-        self.stage.fill_(stage)
-        self._stage = stage
+        self.set_stage(stage)
 
     def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         x = self.preprocess(batch[0])
