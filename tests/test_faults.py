@@ -4,7 +4,9 @@ line (or recovers, for caches) and never with a traceback."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import torch
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, WriteFailed
 from genlab.evaluate import main as eval_main
 from genlab.train import train
 
@@ -327,3 +329,74 @@ def test_family_tags_are_compared_by_name(tmp_path: Path) -> None:
     ]:
         with pytest.raises(CheckpointError, match="checkpoint|class name"):
             check_family({"genlab_family": tag}, cls, path)
+
+
+def _disk_full(path: object = "x") -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_a_full_disk_at_a_checkpoint_stops_with_one_line_and_keeps_the_last_one(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    """The file system refuses epoch 1's checkpoint (as torch's writer reports it: a
+    RuntimeError): the run stops naming the file and epoch 0's last.ckpt, which is whole
+    and loads; no temporary file is left behind."""
+    import genlab.checkpoints as ckpts
+
+    real_save = torch.save
+
+    def full_after_epoch_0(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch", 0) >= 1:
+            f.write(b"half a checkpoint")  # what a full disk leaves in the temporary file
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpts.torch, "save", full_after_epoch_0)
+    cfg = make_cfg(
+        "trainer.max_epochs=3", "metrics.every_n_epochs=0", "trainer.limit_train_batches=2"
+    )
+    with pytest.raises(WriteFailed) as info:
+        train(cfg)
+    monkeypatch.setattr(ckpts.torch, "save", real_save)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("could not write the checkpoint ")
+    assert "the write failed, " in msg and "MiB free there (PytorchStreamWriter" in msg
+    assert f"the last good checkpoint is {last} (epoch 0, step 2)" in msg
+    assert msg.endswith("resume with ckpt_path=last") and info.value.exit_code == 74
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
+    assert not [p.name for p in last.parent.iterdir() if ".tmp" in p.name]
+
+
+def test_a_full_disk_at_an_image_grid_or_a_cache_names_the_file(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    import genlab.cache
+    import genlab.callbacks.images as images
+
+    def no_space(grid, path, *args, **kwargs):
+        raise _disk_full(path)
+
+    monkeypatch.setattr(images, "save_image", no_space)
+    cfg = make_cfg("trainer.max_epochs=2", "metrics.every_n_epochs=0",
+                   "callbacks.image_grids.every_n_epochs=2")  # fmt: skip
+    with pytest.raises(WriteFailed) as info:
+        train(cfg)
+    msg = str(info.value)
+    assert re.match(r"could not write the image grid .*/images/\w+_epoch0001\.png: No space", msg)
+    assert re.search(r"last\.ckpt \(epoch 0, step \d+\): free space", msg)  # epoch 0's
+    monkeypatch.undo()
+
+    real_save = torch.save
+
+    def no_space_for_caches(obj, f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)):  # files (not the in-memory buffers)
+            raise _disk_full(f)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(genlab.cache.torch, "save", no_space_for_caches)
+    cfg = make_cfg("trainer.max_epochs=1", f"metrics.cache_dir={tmp_path / 'empty_cache'}",
+                   output_dir=tmp_path / "run2")  # fmt: skip
+    with pytest.raises(WriteFailed, match=r"could not write the cache file .*empty_cache.*"
+                       r": No space left on device; no checkpoint was written yet"):  # fmt: skip
+        train(cfg)

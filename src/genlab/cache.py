@@ -41,6 +41,10 @@ def write_atomic(obj: Any, path: Path) -> None:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        from genlab.errors import write_failed
+
+        raise write_failed("cache file", path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
 

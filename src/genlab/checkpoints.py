@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from genlab.errors import CheckpointError
+from genlab.errors import CheckpointError, write_failed
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to ``<path>.tmp-<pid>`` in the same folder, fsync, then os.replace: a kill
     during a save leaves the previous file whole (rename is atomic on POSIX file systems).
     A Ctrl-C during a save takes effect when the save is done (inside torch's writer it
-    would surface as a RuntimeError instead of a clean stop)."""
+    would surface as a RuntimeError instead of a clean stop). A write that fails (a full
+    disk) raises WriteFailed naming the file, and the previous file stays as it was.
+    ``last_saved``: the last checkpoint written whole, ``(path, epoch, step)``."""
+
+    last_saved: tuple[str, int, int] | None = None  # (per instance once one is written)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
         with _sigint_deferred():
-            self._save(checkpoint, Path(path))
+            try:
+                self._save(checkpoint, Path(path))
+            except (OSError, RuntimeError) as e:
+                raise write_failed("checkpoint", path, e) from None
+        step = (int(checkpoint.get("epoch", -1)), int(checkpoint.get("global_step", -1)))
+        if Path(path).name == "last.ckpt" or self.last_saved is None:  # what resume reads
+            self.last_saved = (str(path), *step)
 
     @staticmethod
     def _save(checkpoint: dict[str, Any], path: Path) -> None:

@@ -23,6 +23,34 @@ class DivergenceError(GenlabError, RuntimeError):
     """The loss became NaN or infinite during training."""
 
 
+class WriteFailed(GenlabError, OSError):
+    """A file the run writes (checkpoint, image grid, cache, log) could not be written: a
+    full disk, a quota, a folder that went away. The message names the file; the run's
+    message adds the last good checkpoint. Exit code 74 (sysexits' EX_IOERR)."""
+
+    label = "write failed"
+    exit_code = 74
+
+
+def write_failed(what: str, path: object, e: BaseException) -> WriteFailed:
+    """The one line for a failed write of ``what`` at ``path``: the system's reason (for
+    torch's writer, which reports a refused write as a RuntimeError, the free space)."""
+    if isinstance(e, OSError) and e.strerror:
+        reason = e.strerror
+    else:  # torch's writer: RuntimeError("[enforce fail at inline_container.cc] ...")
+        reason = "the write failed"
+        try:
+            import shutil
+            from pathlib import Path
+
+            free = shutil.disk_usage(Path(str(path)).parent).free
+            reason += f", {free / 2**20:.0f} MiB free there"
+        except OSError:
+            pass
+        reason += f" ({' '.join(str(e).split())[:120]})"
+    return WriteFailed(f"could not write the {what} {path}: {reason}")
+
+
 class RunInterrupted(GenlabError):
     """Ctrl-C or SIGTERM stopped a run; the message says where its last checkpoint is."""
 

@@ -33,7 +33,7 @@ from genlab.checks import (
 )
 from genlab.compile import compile_networks
 from genlab.distributed import JobDDPStrategy, write_job_config
-from genlab.errors import ConfigError, GenlabError, RunInterrupted
+from genlab.errors import ConfigError, GenlabError, RunInterrupted, WriteFailed, write_failed
 from genlab.steps import use_inner_steps
 from genlab.summary import summary
 
@@ -269,6 +269,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if trainer is None or not trainer.interrupted:
             raise
         raise _interrupted(trainer, e) from None
+    except OSError as e:  # a full disk, a quota, a folder gone: which file, what is kept
+        if isinstance(e, GenlabError) and not isinstance(e, WriteFailed):
+            raise
+        raise _write_failed(e, cfg, plugins) from None
     finally:
         for lg in loggers:
             if hasattr(lg, "finish"):
@@ -289,6 +293,21 @@ def _interrupted(trainer: pl.Trainer, e: SystemExit) -> RunInterrupted:
         f"step {trainer.global_step} ({where})",
         exit_code=143 if sigterm else 130,
     )
+
+
+def _write_failed(e: OSError, cfg: DictConfig, plugins: list) -> WriteFailed:
+    """One line: the file that could not be written and why, the last checkpoint written
+    whole (this process's, else the run folder's from before) and how to resume."""
+    failed = e if isinstance(e, WriteFailed) else write_failed("file", e.filename or "?", e)
+    saved = next((p.last_saved for p in plugins if getattr(p, "last_saved", None)), None)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if saved:
+        kept = f"the last good checkpoint is {saved[0]} (epoch {saved[1]}, step {saved[2]})"
+    elif last.is_file():
+        kept = f"the last good checkpoint is {last} (written before this process)"
+    else:
+        return WriteFailed(f"{failed}; no checkpoint was written yet")
+    return WriteFailed(f"{failed}; {kept}: free space, then resume with ckpt_path=last")
 
 
 def _set_sweep_group(cfg: DictConfig) -> None:

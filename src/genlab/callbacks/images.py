@@ -15,6 +15,7 @@ from torchvision.utils import save_image
 import genlab.callbacks.views as views
 from genlab.callbacks.training import is_due
 from genlab.checks import NonNegativeInt, PositiveInt, Seed, check_args
+from genlab.errors import write_failed
 
 
 def log_image(trainer: pl.Trainer, key: str, grid: Tensor) -> None:
@@ -34,7 +35,10 @@ def save_and_log(
     folder = Path(dirpath or Path(trainer.default_root_dir) / "images")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key}_{tag or f'epoch{trainer.current_epoch:04d}'}.png"
-    save_image(grid, path)
+    try:
+        save_image(grid, path)
+    except OSError as e:
+        raise write_failed("image grid", path, e) from None
     log_image(trainer, f"images/{key}", grid)
     return path
 
