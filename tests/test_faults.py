@@ -400,3 +400,62 @@ def test_a_full_disk_at_an_image_grid_or_a_cache_names_the_file(
     with pytest.raises(WriteFailed, match=r"could not write the cache file .*empty_cache.*"
                        r": No space left on device; no checkpoint was written yet"):  # fmt: skip
         train(cfg)
+
+
+def test_a_killed_ddp_rank_ends_the_run_in_seconds_with_one_line(tmp_path: Path) -> None:
+    """Two CPU processes (gloo); rank 1 is killed mid-run: rank 0 exits within seconds,
+    non-zero, with one line naming rank 1, the last good checkpoint and the command that
+    resumes; last.ckpt is whole and no temporary checkpoint is left."""
+    run = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.pop("WANDB_SERVICE", None)
+    args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=csv",
+            "trainer.max_epochs=100000", "metrics.every_n_epochs=0", "model.iwae_samples=8",
+            "callbacks.image_grids.every_n_epochs=1000", "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={run}"]  # fmt: skip
+    p = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 180
+    while not last.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    worker = subprocess.run(["pgrep", "-f", f"genlab.worker {run}"], capture_output=True, text=True)
+    pid = int(worker.stdout.split()[0])
+    os.kill(pid, signal.SIGKILL)
+    start = time.time()
+    out, err = p.communicate(timeout=120)
+    took = time.time() - start
+    assert p.returncode == 75, err[-2000:]
+    assert took < 30 and "Traceback" not in out + err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"genlab: rank failed: DDP rank 1 (pid {pid}) was killed by SIGKILL at ")
+    assert re.search(rf"the last good checkpoint is {re.escape(str(last))} \(epoch \d+, step", line)
+    assert line.endswith("ckpt_path=last") and "resume with genlab-train trainer=ddp" in line
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] > 0
+    assert not [f.name for f in last.parent.iterdir() if ".tmp" in f.name]
+
+
+def test_the_rank_watch_ends_a_blocked_rank_0(tmp_path: Path) -> None:
+    """Where rank 0 never hears of a dead rank (blocked in an NCCL collective), its
+    RankWatch prints the line, stops the other ranks and exits with RankFailed's code."""
+    script = tmp_path / "blocked.py"
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "from genlab.distributed import RankWatch\n"
+        "procs = [subprocess.Popen([sys.executable, '-c', 'import sys; sys.exit(3)']),\n"
+        "         subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])]\n"
+        "watch = RankWatch(procs, grace=0.5, period=0.2)\n"
+        "watch.message = lambda what: what + '; the last good checkpoint is x'\n"
+        "watch.start()\n"
+        "time.sleep(60)  # the blocked collective\n"
+    )
+    start = time.time()
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 75 and time.time() - start < 30
+    assert re.fullmatch(
+        r"genlab: rank failed: DDP rank 1 \(pid \d+\) exited with code 3; the last good "
+        r"checkpoint is x", p.stderr.strip()
+    )  # fmt: skip

@@ -101,6 +101,25 @@ class JobConfigLauncher(SubprocessLauncher):
         self.config_file = config_file
         self.set_vars: list[str] = []
 
+    def launch(self, function: Any, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        """Lightning's launch, with genlab's RankWatch over the ranks it starts in place
+        of Lightning's observer (which SIGKILLs rank 0 without a word when one dies)."""
+        from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
+
+        from genlab.distributed import RankWatch
+
+        self.cluster_environment.validate_settings(
+            num_devices=self.num_processes, num_nodes=self.num_nodes
+        )
+        if not self.cluster_environment.creates_processes_externally:
+            self._call_children_scripts()
+            self.watch = RankWatch(self.procs)
+            if getattr(self, "failure_message", None) is not None:
+                self.watch.message = self.failure_message
+            self.watch.start()
+        _set_num_threads_if_needed(num_processes=self.num_processes)
+        return function(*args, **kwargs)
+
     def _call_children_scripts(self) -> None:
         self._check_can_spawn_children()
         env = self.cluster_environment
@@ -121,6 +140,9 @@ class JobConfigLauncher(SubprocessLauncher):
     def finish(self, failed: bool = False) -> None:
         """Wait for the other ranks (stop them if rank 0 failed: they may be blocked in a
         collective), then unset the variables this launch set."""
+        watch = getattr(self, "watch", None)
+        if watch is not None:
+            watch.stop()
         for p in self.procs:
             if failed:
                 p.kill()

@@ -51,6 +51,15 @@ def write_failed(what: str, path: object, e: BaseException) -> WriteFailed:
     return WriteFailed(f"could not write the {what} {path}: {reason}")
 
 
+class RankFailed(GenlabError, RuntimeError):
+    """A process of a multi-process (DDP) run died or lost its peers; the message names
+    the rank, the last good checkpoint and how to resume. Exit code 75 (EX_TEMPFAIL:
+    resuming is expected to work)."""
+
+    label = "rank failed"
+    exit_code = 75
+
+
 class RunInterrupted(GenlabError):
     """Ctrl-C or SIGTERM stopped a run; the message says where its last checkpoint is."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,14 @@ from genlab.checks import (
 )
 from genlab.compile import compile_networks
 from genlab.distributed import JobDDPStrategy, write_job_config
-from genlab.errors import ConfigError, GenlabError, RunInterrupted, WriteFailed, write_failed
+from genlab.errors import (
+    ConfigError,
+    GenlabError,
+    RankFailed,
+    RunInterrupted,
+    WriteFailed,
+    write_failed,
+)
 from genlab.steps import use_inner_steps
 from genlab.summary import summary
 
@@ -256,6 +264,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             with open_dict(cfg):
                 cfg.ckpt_path, cfg.auto_resume = ckpt_path, False
             strategy.use_job_config(write_job_config(cfg, cfg.paths.output_dir))
+            if strategy.launcher is not None:  # what its RankWatch says if a rank dies
+                strategy.launcher.failure_message = lambda what: _rank_failed_text(
+                    what, cfg, plugins, trainer
+                )
         for lg in trainer.loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -273,6 +285,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if isinstance(e, GenlabError) and not isinstance(e, WriteFailed):
             raise
         raise _write_failed(e, cfg, plugins) from None
+    except RuntimeError as e:  # a DDP peer died: which rank, what is kept, how to resume
+        if isinstance(e, GenlabError) or trainer is None or not _peer_lost(e, trainer):
+            raise
+        what = _who_failed(trainer, e)
+        raise RankFailed(_rank_failed_text(what, cfg, plugins, trainer)) from None
     finally:
         for lg in loggers:
             if hasattr(lg, "finish"):
@@ -297,17 +314,63 @@ def _interrupted(trainer: pl.Trainer, e: SystemExit) -> RunInterrupted:
 
 def _write_failed(e: OSError, cfg: DictConfig, plugins: list) -> WriteFailed:
     """One line: the file that could not be written and why, the last checkpoint written
-    whole (this process's, else the run folder's from before) and how to resume."""
+    whole and how to resume."""
     failed = e if isinstance(e, WriteFailed) else write_failed("file", e.filename or "?", e)
+    then = "free space, then resume with ckpt_path=last"
+    return WriteFailed(f"{failed}; {_kept(cfg, plugins, then)}")
+
+
+def _kept(cfg: DictConfig, plugins: list, then: str) -> str:
+    """'the last good checkpoint is <path> (epoch e, step s): <then>' (this process's last
+    save, else the run folder's last.ckpt), or that there is none."""
     saved = next((p.last_saved for p in plugins if getattr(p, "last_saved", None)), None)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     if saved:
         kept = f"the last good checkpoint is {saved[0]} (epoch {saved[1]}, step {saved[2]})"
     elif last.is_file():
-        kept = f"the last good checkpoint is {last} (written before this process)"
+        kept = f"the last good checkpoint is {last}"
     else:
-        return WriteFailed(f"{failed}; no checkpoint was written yet")
-    return WriteFailed(f"{failed}; {kept}: free space, then resume with ckpt_path=last")
+        return "no checkpoint was written yet"
+    return f"{kept}: {then}"
+
+
+def _peer_lost(e: RuntimeError, trainer: pl.Trainer) -> bool:
+    """Whether ``e`` is a collective that failed because another process went away
+    (gloo: the connection closed; NCCL: an aborted or timed-out communicator)."""
+    if trainer.world_size < 2:
+        return False
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(e).lower()
+    signs = ("connection closed by peer", "connection reset by peer", "broken pipe", "gloo",
+             "nccl", "timed out", "remote worker", "process group")  # fmt: skip
+    return isinstance(e, dist_error) or any(s in text for s in signs)
+
+
+def _who_failed(trainer: pl.Trainer, e: RuntimeError) -> str:
+    """The rank that died, as far as this process can tell: rank 0 knows the ranks it
+    started; a rank it started knows whether rank 0 is still its parent."""
+    from genlab.distributed import describe_exit
+
+    watch = getattr(trainer.strategy.launcher, "watch", None)
+    if watch is not None:
+        failed = watch.first_failure(wait=3.0)
+        if failed is not None:
+            rank, pid, code = failed
+            return f"DDP rank {rank} (pid {pid}) {describe_exit(code)}"
+    parent = os.environ.get("GENLAB_RANK0_PID")
+    if parent and trainer.global_rank > 0 and str(os.getppid()) != parent:
+        return f"DDP rank 0 (pid {parent}) stopped"
+    reason = " ".join(str(e).split())[:100]
+    return f"rank {trainer.global_rank} lost its peers ({reason})"
+
+
+def _rank_failed_text(what: str, cfg: DictConfig, plugins: list, trainer: pl.Trainer) -> str:
+    again = "".join(f"{shlex.quote(o)} " for o in _overrides())
+    resume = f"resume with genlab-train {again}ckpt_path=last"
+    if trainer.global_rank > 0:  # no command line here: rank 0's
+        resume = "resume with rank 0's command and ckpt_path=last"
+    where = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
+    return f"{what} {where}; {_kept(cfg, plugins, resume)}"
 
 
 def _set_sweep_group(cfg: DictConfig) -> None:
