@@ -459,3 +459,102 @@ def test_the_rank_watch_ends_a_blocked_rank_0(tmp_path: Path) -> None:
         r"genlab: rank failed: DDP rank 1 \(pid \d+\) exited with code 3; the last good "
         r"checkpoint is x", p.stderr.strip()
     )  # fmt: skip
+
+
+def test_a_requeued_slurm_job_continues_its_run(tmp_path: Path) -> None:
+    """Under SLURM's environment (a stand-in scontrol on PATH): SIGUSR1, the requeue
+    signal, saves hpc_ckpt_1.ckpt and requeues the job; SIGTERM then stops it. Started
+    again with SLURM_RESTART_COUNT=1, the same command continues in the same run folder
+    (named after the job and step, not the clock), from its newest checkpoint, with the
+    same W&B run id."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "scontrol.txt"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "WANDB_MODE": "offline", "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "1",
+           "SLURM_JOB_NAME": "genlab", "SLURM_NODELIST": "localhost", "SLURM_NODEID": "0",
+           "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}  # fmt: skip
+    env.pop("WANDB_SERVICE", None)
+    args = ["logger=[csv,wandb]", "metrics.every_n_epochs=0", "test=false",
+            "callbacks.image_grids.every_n_epochs=1000",
+            "trainer.enable_progress_bar=false"]  # fmt: skip
+    run = tmp_path / "outputs" / "slurm-4242.0_vae_digits"
+    p = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args, "trainer.max_epochs=100000"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 180
+    while not (run / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGUSR1)
+    while not (record.exists() and (run / "hpc_ckpt_1.ckpt").exists()) and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-2000:]
+    assert record.read_text().split() == ["requeue", "4242"]
+    hpc = torch.load(run / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
+    first_id = (run / "wandb" / "run_id").read_text().strip()
+    # The requeued job: the same command, SLURM_RESTART_COUNT=1; it ends after 2 more epochs.
+    epochs = hpc["epoch"] + 3
+    again = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args, f"trainer.max_epochs={epochs}"],
+        cwd=tmp_path, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [d.name for d in (tmp_path / "outputs").iterdir()] == [run.name]
+    resumed = re.search(r"Resuming (\S+)", again.stdout + again.stderr)
+    assert resumed, again.stdout[-2000:]
+    assert re.fullmatch(rf".*{run.name}/(hpc_ckpt_1|checkpoints/last)\.ckpt", resumed[1])
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == epochs - 1 and last["global_step"] > hpc["global_step"]
+    assert (run / "wandb" / "run_id").read_text().strip() == first_id
+    runs = {d.name.rsplit("-", 1)[-1] for d in (run / "wandb").glob("offline-run-*")}
+    assert runs == {first_id}
+
+
+def test_run_names_agree_across_the_processes_of_one_launch(monkeypatch) -> None:
+    from genlab import run_name as rn
+
+    for k in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK", "SLURM_JOB_ID", "SLURM_STEP_ID",
+              "SLURM_ARRAY_JOB_ID", "LOCAL_WORLD_SIZE", "WORLD_SIZE"):  # fmt: skip
+        monkeypatch.delenv(k, raising=False)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d_vae_mnist", rn.run_name("vae_mnist"))
+    # torchrun on one node: the agent's (this process's parent's) start time, whenever asked
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    first = rn.run_name("x")
+    time.sleep(1.1)
+    assert rn.run_name("x") == first == rn._dated(rn._process_start(os.getppid()), "x")
+    monkeypatch.setenv("WORLD_SIZE", "8")  # several nodes: the rendezvous id
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "exp7")
+    assert rn.run_name("x") == "torchrun-exp7_x"
+    for k in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SLURM_JOB_ID", "99")
+    monkeypatch.setenv("SLURM_STEP_ID", "3")
+    assert rn.run_name("x") == "slurm-99.3_x"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "98")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+    assert rn.run_name("x") == "slurm-98_5.3_x"
+
+
+def test_torchrun_gives_one_run_folder_and_one_wandb_run(tmp_path: Path) -> None:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("WANDB_SERVICE", None)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    p = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", str(REPO / "train.py"), "trainer=ddp",
+         "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+         "metrics.every_n_epochs=0", "test=false", "logger=[csv,wandb]"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    (run,) = (tmp_path / "outputs").glob("*/*")  # one folder: <date>/<time>_vae_digits
+    assert run.name.endswith("_vae_digits") and (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1

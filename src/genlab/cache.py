@@ -42,8 +42,10 @@ def write_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        from genlab.errors import write_failed
+        from genlab.errors import is_write_error, write_failed
 
+        if not is_write_error(e):
+            raise
         raise write_failed("cache file", path, e) from None
     finally:
         tmp.unlink(missing_ok=True)

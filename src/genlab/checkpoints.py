@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from genlab.errors import CheckpointError, write_failed
+from genlab.errors import CheckpointError, is_write_error, write_failed
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             try:
                 self._save(checkpoint, Path(path))
             except (OSError, RuntimeError) as e:
+                if not is_write_error(e):
+                    raise
                 raise write_failed("checkpoint", path, e) from None
         step = (int(checkpoint.get("epoch", -1)), int(checkpoint.get("global_step", -1)))
         if Path(path).name == "last.ckpt" or self.last_saved is None:  # what resume reads
@@ -246,8 +248,8 @@ def find_previous_run(output_dir: Path, overrides: list[str], roots: list[Path])
     for root in roots:
         for f in root.glob("**/.hydra/overrides.yaml"):
             run = f.parent.parent
-            last = run / "checkpoints" / "last.ckpt"
-            if run.resolve() == output_dir.resolve() or not last.is_file():
+            last = newest_checkpoint(run)
+            if run.resolve() == output_dir.resolve() or last is None:
                 continue
             try:
                 theirs = yaml.safe_load(f.read_text()) or []
@@ -258,16 +260,34 @@ def find_previous_run(output_dir: Path, overrides: list[str], roots: list[Path])
     return max(found)[1] if found else None
 
 
+def requeued() -> bool:
+    """Whether this is a SLURM job started again after a requeue (``SLURM_RESTART_COUNT``
+    > 0): it continues its run as ``auto_resume=true`` would."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+    except ValueError:
+        return False
+
+
+def newest_checkpoint(run: Path) -> Path | None:
+    """A run folder's newest resumable checkpoint: checkpoints/last.ckpt, or the
+    ``hpc_ckpt_<n>.ckpt`` Lightning writes on SLURM's requeue signal when that is newer."""
+    found = [p for p in [run / "checkpoints" / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")]]
+    found = [p for p in found if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def resolve_resume(cfg: Any) -> tuple[str | None, Path | None]:
     """(checkpoint to resume from, earlier run folder to continue in, if another one).
 
-    ``ckpt_path=<file>``: that file. ``ckpt_path=last`` or ``auto_resume=true``: this
-    run folder's checkpoints/last.ckpt, else the newest earlier run of the same command
-    (same overrides) that left one; ``ckpt_path=last`` without any is an error,
+    ``ckpt_path=<file>``: that file. ``ckpt_path=last`` or ``auto_resume=true`` (implied
+    for a requeued SLURM job): this run folder's newest checkpoint (last.ckpt, or a
+    requeue's hpc_ckpt), else the newest earlier run of the same command (same
+    overrides) that left one; ``ckpt_path=last`` without any is an error,
     ``auto_resume`` then starts fresh.
     """
     ckpt = cfg.get("ckpt_path")
-    auto = bool(cfg.get("auto_resume"))
+    auto = bool(cfg.get("auto_resume")) or requeued()
     if ckpt not in (None, "last"):
         path = Path(ckpt).expanduser()
         if path.is_dir():  # a run folder: its last checkpoint
@@ -280,8 +300,8 @@ def resolve_resume(cfg: Any) -> tuple[str | None, Path | None]:
     if ckpt is None and not auto:
         return None, None
     out = Path(cfg.paths.output_dir)
-    own = out / "checkpoints" / "last.ckpt"
-    if own.is_file():
+    own = newest_checkpoint(out)
+    if own is not None:
         return str(own), None
     previous = None
     try:
@@ -293,7 +313,7 @@ def resolve_resume(cfg: Any) -> tuple[str | None, Path | None]:
     except ValueError:  # no Hydra (train(cfg) called from Python): this folder only
         pass
     if previous is not None:
-        return str(previous / "checkpoints" / "last.ckpt"), previous
+        return str(newest_checkpoint(previous)), previous
     if ckpt == "last":
         raise CheckpointError(
             f"ckpt_path=last: no last.ckpt in {out} nor in an earlier run of the same command; "

@@ -32,6 +32,17 @@ class WriteFailed(GenlabError, OSError):
     exit_code = 74
 
 
+def is_write_error(e: BaseException) -> bool:
+    """An OSError, or torch's writer reporting a refused write (a RuntimeError from
+    ``inline_container``: "file write failed", "unexpected pos ..."), not any other
+    error raised while saving (an object that cannot be pickled is a bug, not a disk)."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e)
+    signs = ("file write failed", "unexpected pos", "PytorchStreamWriter", "inline_container")
+    return isinstance(e, RuntimeError) and any(s in text for s in signs)
+
+
 def write_failed(what: str, path: object, e: BaseException) -> WriteFailed:
     """The one line for a failed write of ``what`` at ``path``: the system's reason (for
     torch's writer, which reports a refused write as a RuntimeError, the free space)."""

@@ -5,6 +5,7 @@ Every ``hydra.utils.instantiate`` call of the project is in this file.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shlex
@@ -216,6 +217,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         with open_dict(cfg):
             cfg.paths.output_dir = str(previous)
         log.info(f"Resuming {ckpt_path}; outputs continue in {previous}")
+    elif ckpt_path:
+        log.info(f"Resuming {ckpt_path}")
     _set_sweep_group(cfg)
 
     datamodule = build(cfg.data, "data")
@@ -315,8 +318,14 @@ def _interrupted(trainer: pl.Trainer, e: SystemExit) -> RunInterrupted:
 def _write_failed(e: OSError, cfg: DictConfig, plugins: list) -> WriteFailed:
     """One line: the file that could not be written and why, the last checkpoint written
     whole and how to resume."""
-    failed = e if isinstance(e, WriteFailed) else write_failed("file", e.filename or "?", e)
     then = "free space, then resume with ckpt_path=last"
+    if isinstance(e, WriteFailed):
+        failed = str(e)
+    elif e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO):
+        failed = str(write_failed("file", e.filename or "?", e))
+    else:  # not the disk: e.g. a file or folder the run uses was removed or locked
+        failed = f"{e.strerror or type(e).__name__}: {e.filename or '?'}"
+        then = "resume with ckpt_path=last"
     return WriteFailed(f"{failed}; {_kept(cfg, plugins, then)}")
 
 
