@@ -4,7 +4,9 @@ CSV log; checkpoints are written atomically, load safely, and refuse the wrong m
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,16 @@ def test_ctrl_c_during_a_save_waits_for_the_whole_file(tmp_path: Path) -> None:
         signal.signal(signal.SIGINT, before)
     saved = torch.load(path, weights_only=False)  # (the test's object is not weights-only)
     assert saved["step"] == 3  # written whole, then the interrupt
+
+
+def test_a_save_removes_temporaries_of_dead_processes(tmp_path: Path) -> None:
+    """A save cut off by SIGKILL leaves last.ckpt.tmp-<pid>: the next save removes it
+    (its process is gone), not a live process's."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"last.ckpt.tmp-{dead.pid}"
+    live = tmp_path / f"last.ckpt.tmp-{os.getppid()}"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"being written")
+    AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(1)}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", live.name]

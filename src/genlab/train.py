@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import shlex
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -367,10 +368,30 @@ def _who_failed(trainer: pl.Trainer, e: RuntimeError) -> str:
             rank, pid, code = failed
             return f"DDP rank {rank} (pid {pid}) {describe_exit(code)}"
     parent = os.environ.get("GENLAB_RANK0_PID")
-    if parent and trainer.global_rank > 0 and str(os.getppid()) != parent:
+    if parent and trainer.global_rank > 0 and _gone(int(parent), wait=3.0):
         return f"DDP rank 0 (pid {parent}) stopped"
     reason = " ".join(str(e).split())[:100]
     return f"rank {trainer.global_rank} lost its peers ({reason})"
+
+
+def _gone(pid: int, wait: float) -> bool:
+    """Whether process ``pid`` (this one's parent) has ended or is ending, polling for up
+    to ``wait`` seconds: its connections close before the kernel re-parents this process,
+    and a dead process stays a zombie until it is reaped."""
+    deadline = time.monotonic() + wait
+    while True:
+        if os.getppid() != pid:
+            return True
+        if os.path.exists("/proc/self/stat"):  # Linux: a zombie or no process at all
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        return True
+            except (OSError, IndexError):
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def _rank_failed_text(what: str, cfg: DictConfig, plugins: list, trainer: pl.Trainer) -> str:
