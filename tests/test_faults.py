@@ -400,6 +400,20 @@ def test_a_full_disk_at_an_image_grid_or_a_cache_names_the_file(
     with pytest.raises(WriteFailed, match=r"could not write the cache file .*empty_cache.*"
                        r": No space left on device; no checkpoint was written yet"):  # fmt: skip
         train(cfg)
+    monkeypatch.undo()
+
+    import genlab.loggers
+
+    def no_space_for_metrics(writer):
+        raise _disk_full(writer.metrics_file_path)
+
+    monkeypatch.setattr(genlab.loggers.ExperimentWriter, "save", no_space_for_metrics)
+    cfg = make_cfg("trainer.max_epochs=2", "metrics.every_n_epochs=0", "logger=csv",
+                   output_dir=tmp_path / "run3")  # fmt: skip
+    with pytest.raises(WriteFailed) as info:
+        train(cfg)
+    assert re.match(r"could not write the file .*/csv/metrics\.csv: No space left on device; ",
+                    str(info.value))  # fmt: skip
 
 
 @pytest.mark.parametrize("killed", [1, 0])
