@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from genlab.checks import (
     NonNegativeFloat,
     NonNegativeInt,
+    OptimizerName,
     PositiveFloat,
     PositiveInt,
     UnitInterval,
@@ -119,7 +120,7 @@ class VQVAE(Staged, GenlabModule):
         prior_channels: PositiveInt = 64,
         prior_layers: PositiveInt = 8,
         prior_lr: PositiveFloat = 1e-3,
-        optimizer: str = "Adam",
+        optimizer: OptimizerName = "Adam",
     ) -> None:
         check_args(type(self), locals(), "model")
         super().__init__()
