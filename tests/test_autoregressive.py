@@ -52,13 +52,16 @@ def _binary_images(h: int, w: int) -> torch.Tensor:
         lambda: MADE((1, 3, 3), hidden_sizes=[16, 16], num_masks=4, order_agnostic=True),
         lambda: MADE((1, 3, 3), hidden_sizes=[16], num_masks=3, direct=True),
         lambda: PixelCNN((1, 3, 3), channels=8, layers=3, first_kernel=3),
+        lambda: PixelCNN((3, 1, 3), channels=6, layers=3, first_kernel=3),  # RGB, 1 x 3
     ],
 )
 def test_probabilities_of_all_3x3_binary_images_sum_to_one(model) -> None:
+    """All 512 binary images of 9 values (3x3 grey, or 1 x 3 RGB pixels)."""
     m = model().double()
     _perturb(m)
+    x = _binary_images(3, 3).double().view(-1, *m.data_shape)
     with torch.no_grad():
-        ll = m.eval_log_prob(_binary_images(3, 3).double(), None)  # 512 images
+        ll = m.eval_log_prob(x, None)
     assert ll.shape == (512,) and ll.max() < 0
     assert torch.logsumexp(ll, 0).item() == pytest.approx(0.0, abs=1e-9)
 
@@ -99,17 +102,24 @@ def test_made_samples_follow_its_probabilities() -> None:
     assert (freq - p).abs().max() < 4 * math.sqrt(0.25 / n)
 
 
-def test_pixelcnn_is_causal_without_a_blind_spot() -> None:
-    """d output(i, j) / d input: zero at (i, j) and after it in raster order, non-zero at
-    every pixel before it (a PixelCNN with the blind spot misses pixels above-right)."""
-    h = w = 6
-    net = GatedPixelCNN(1, 1, channels=8, layers=6, kernel=3, first_kernel=3).double()
+@pytest.mark.parametrize(("c", "h"), [(1, 6), (3, 4)])
+def test_pixelcnn_is_causal_without_a_blind_spot(c: int, h: int) -> None:
+    """d output(i, j, colour k) / d input, sub-pixels in raster order with R -> G -> B
+    inside a pixel: zero at the sub-pixel itself and after it, non-zero at every one
+    before it (a PixelCNN with the blind spot misses pixels above-right)."""
+    w, n = h, h * h * c
+    net = GatedPixelCNN(c, 2, channels=12, layers=5, kernel=3, first_kernel=3).double()
     _perturb(net, 0.3)
-    x = torch.randn(1, 1, h, w, dtype=torch.double)
-    jac = torch.autograd.functional.jacobian(lambda v: net(v)[0, 0].flatten(), x)
-    dep = jac.reshape(h * w, h * w).abs() > 0  # (output pixel, input pixel)
-    assert not dep.triu().any()
-    assert dep.tril(-1).sum() == h * w * (h * w - 1) // 2
+    for p in range(2):  # each parameter's outputs, (C, H, W) -> (H, W, C) raster order
+        dep = torch.zeros(n, n, dtype=torch.bool)  # (output, input) sub-pixels
+        for _ in range(4):  # a union over inputs: the head's ReLUs may close a path at one
+            x = torch.randn(1, c, h, w, dtype=torch.double)
+            jac = torch.autograd.functional.jacobian(
+                lambda v, p=p: net(v)[0, p].permute(1, 2, 0).flatten(), x
+            )[:, 0]  # (n outputs, C, H, W inputs)
+            dep |= jac.permute(0, 2, 3, 1).reshape(n, n).abs() > 0
+        assert not dep.triu().any()
+        assert dep.tril(-1).sum() == n * (n - 1) // 2
 
 
 def test_conditional_pixelcnn_samples_carry_their_class() -> None:

@@ -44,7 +44,6 @@ def test_every_model_builds_for_unlabelled_images_or_says_it_needs_labels(make_c
     """An image folder without labels (num_classes 0): every family builds except those
     that need labels, which say so in one line."""
     needs_labels = {"cvae": "needs labelled data", "vib": "needs labelled data"}
-    needs_labels["pixelcnn"] = "models one-channel images"  # (and these are RGB)
     for model in MODELS:
         cfg = make_cfg(f"model={model}", "data=image_folder", "data.path=.", "data.size=32")
         if model in needs_labels:
@@ -67,10 +66,6 @@ def test_every_model_and_data_instantiates(make_cfg, model: str, data: str) -> N
             r"|=vqvae) needs image"
         )
         with pytest.raises(ConfigError, match=needs_images):
-            build_model(cfg.model, dm.data_shape, dm.num_classes)
-        return
-    if model == "pixelcnn" and dm.data_shape[0] != 1:  # RGB: one line, no model
-        with pytest.raises(ConfigError, match=r"model=pixelcnn models one-channel images"):
             build_model(cfg.model, dm.data_shape, dm.num_classes)
         return
     nets = ["model/net=mlp", "model/net=conv"] if "net" in cfg.model else [None]

@@ -28,8 +28,9 @@ from genlab.progress import Progress
 
 
 class PixelCNN(ClassConditionalSampling, PixelModel):
-    """Gated PixelCNN over one-channel images; Bernoulli, 256-way softmax or discretised
-    logistic-mixture pixels; ``conditional``: class-conditional p(x | y)."""
+    """Gated PixelCNN over grey or colour images (sub-pixels in raster order, R -> G -> B
+    within a pixel); Bernoulli, 256-way softmax or discretised logistic-mixture values;
+    ``conditional``: class-conditional p(x | y)."""
 
     compile_nets = ("pixelcnn",)
     val_score_samples = 250  # val/fid: H x W passes per sample make a costly sampler
@@ -56,11 +57,6 @@ class PixelCNN(ClassConditionalSampling, PixelModel):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.init_pixels(tuple(data_shape), likelihood, mixture_components, "pixelcnn")
-        if self.data_shape[0] != 1:
-            raise ConfigError(
-                f"model=pixelcnn models one-channel images; the data have {self.data_shape[0]} "
-                "channels: use grey data (e.g. data=mnist, data=fashion_mnist)"
-            )
         if conditional and num_classes < 2:
             raise ConfigError(
                 "model.conditional=true needs labelled data (num_classes >= 2): use labelled "
@@ -72,22 +68,23 @@ class PixelCNN(ClassConditionalSampling, PixelModel):
                 "(centred masks), e.g. 3 and 7"
             )
         self.pixelcnn = GatedPixelCNN(
-            1, self.dist.params, channels, layers, kernel, first_kernel, head_channels,
-            num_classes if conditional else 0,
+            self.data_shape[0], self.dist.params, channels, layers, kernel, first_kernel,
+            head_channels, num_classes if conditional else 0,
         )  # fmt: skip
 
     def net_output(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """(B, 1, H, W) integer pixels -> (B, params, H, W)."""
+        """(B, C, H, W) integer pixels -> (B, params, C, H, W)."""
         return self.pixelcnn(self.dist.to_input(x), y)
 
     def _sample_pixels(self, n: int, y: Tensor | None, generator: torch.Generator | None) -> Tensor:
-        _, h, w = self.data_shape
+        c, h, w = self.data_shape
         x = torch.zeros(n, *self.data_shape, device=self.device)
-        with Progress("PixelCNN sampling", h * w, "pixels") as p:
+        with Progress("PixelCNN sampling", h * w * c, "sub-pixels") as p:
             for i in range(h):
                 for j in range(w):
-                    # Outputs of rows <= i depend on rows <= i only: the rest is cropped.
-                    out = self.net_output(x[:, :, : i + 1], y)  # (n, params, i + 1, W)
-                    x[:, 0, i, j] = self.dist.sample(out[:, :, i, j], generator)
-                    p.update()
+                    for k in range(c):  # R, then G given R, then B given both
+                        # Outputs of rows <= i depend on rows <= i only: the rest is cropped.
+                        out = self.net_output(x[:, :, : i + 1], y)  # (n, P, C, i + 1, W)
+                        x[:, k, i, j] = self.dist.sample(out[:, :, k, i, j], generator)
+                        p.update()
         return x

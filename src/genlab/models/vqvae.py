@@ -200,7 +200,7 @@ class VQVAE(Staged, GenlabModule):
     # ---- the prior ----------------------------------------------------------------------
     def prior_log_prob(self, idx: Tensor) -> Tensor:
         """log p(codes) (B,) in nats under the PixelCNN prior; idx (B, h, w)."""
-        out = self.prior(idx)  # (B, K, h, w)
+        out = self.prior(idx)[:, :, 0]  # (B, K, h, w)
         return self.code_dist.log_prob(out, idx.float()).flatten(1).sum(1)
 
     def prior_terms(self, x: Tensor) -> dict[str, Tensor]:
@@ -222,7 +222,8 @@ class VQVAE(Staged, GenlabModule):
                 for i in range(h):
                     for j in range(w):
                         out = self.prior(idx[:, : i + 1])  # rows <= i depend on rows <= i only
-                        idx[:, i, j] = self.code_dist.sample(out[:, :, i, j], generator).long()
+                        code = self.code_dist.sample(out[:, :, 0, i, j], generator)
+                        idx[:, i, j] = code.long()
                         p.update()
             return self.decode_codes(idx)
         finally:

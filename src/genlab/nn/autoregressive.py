@@ -131,9 +131,33 @@ def _down_shift(x: Tensor) -> Tensor:
     return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
 
 
-def _right_shift(x: Tensor) -> Tensor:
-    """Column j <- column j - 1 (zeros on the left)."""
-    return F.pad(x, (1, 0))[..., :-1]
+def _groups(n: int, groups: int, gated: bool = False) -> Tensor:
+    """The colour group (0 = R, 1 = G, 2 = B; one group for grey) of each of n channels:
+    contiguous blocks; for gated pre-activations, the same blocks in each half."""
+    if gated:
+        return (torch.arange(n) % (n // 2)) * groups // (n // 2)
+    return torch.arange(n) * groups // n
+
+
+def _group_mask(out_groups: Tensor, in_groups: Tensor, strict: bool) -> Tensor:
+    """(out, in) 0/1: an output of colour g sees inputs of colours < g (strict, mask type
+    A) or <= g (type B) of the same pixel."""
+    o, i = out_groups[:, None], in_groups[None, :]
+    return (i < o if strict else i <= o).float()
+
+
+class _MaskedConv(nn.Conv2d):
+    """A convolution whose weights at the current pixel (the kernel's last column; 1x1
+    kernels are all current pixel) are masked between colour groups."""
+
+    def __init__(self, c_in: int, c_out: int, kernel, mask: Tensor) -> None:
+        super().__init__(c_in, c_out, kernel)
+        full = torch.ones_like(self.weight)
+        full[..., -1] = mask[:, :, None]  # (out, in, kh): the current column
+        self.register_buffer("mask", full)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
 
 
 class GatedLayer(nn.Module):
@@ -143,28 +167,39 @@ class GatedLayer(nn.Module):
     a 1x1 convolution, gated units tanh(a) * sigmoid(b), class biases added to both stacks,
     and a residual 1x1 connection in the horizontal stack.
 
-    ``first`` (mask type A): the horizontal stack sees columns < j only (the input pixel
-    itself is hidden); later layers (type B) include column j, whose features by then
-    depend only on pixels before it."""
+    At the current pixel the horizontal stack's weights are masked between colours (R, G,
+    B in turn; one colour for grey images): ``first`` (mask type A) hides the pixel's own
+    value and later colours, later layers (type B) let colour g see features of colours
+    <= g, which by then depend only on what comes before it."""
 
     def __init__(
-        self, c_in: int, channels: int, kernel: int, first: bool = False, num_classes: int = 0
+        self,
+        c_in: int,
+        channels: int,
+        kernel: int,
+        first: bool = False,
+        num_classes: int = 0,
+        colours: int = 1,
     ) -> None:
         super().__init__()
         self.first, self.k = first, kernel
         half = kernel // 2
+        in_groups = torch.arange(c_in) if first and c_in == colours else _groups(c_in, colours)
+        pre = _groups(2 * channels, colours, gated=True)
         self.v_conv = nn.Conv2d(c_in, 2 * channels, (half + 1, kernel))
-        self.h_conv = nn.Conv2d(c_in, 2 * channels, (1, half + 1))
-        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.h_out = nn.Conv2d(channels, channels, 1)
+        self.h_conv = _MaskedConv(
+            c_in, 2 * channels, (1, half + 1), _group_mask(pre, in_groups, strict=first)
+        )
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)  # rows above: unmasked
+        feat = _groups(channels, colours)
+        self.h_out = _MaskedConv(channels, channels, 1, _group_mask(feat, feat, strict=False))
         self.embed = nn.Embedding(num_classes, 4 * channels) if num_classes else None
 
     def forward(self, v: Tensor, h: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """v, h (B, C, H, W) -> the next layer's (B, channels, H, W) each."""
         half = self.k // 2
         v_pre = self.v_conv(F.pad(v, (half, half, half, 0)))  # row i <- rows i-half..i
-        h_in = _right_shift(h) if self.first else h
-        h_pre = self.h_conv(F.pad(h_in, (half, 0, 0, 0))) + self.v_to_h(_down_shift(v_pre))
+        h_pre = self.h_conv(F.pad(h, (half, 0, 0, 0))) + self.v_to_h(_down_shift(v_pre))
         if self.embed is not None and y is not None:
             bv, bh = self.embed(y)[:, :, None, None].chunk(2, dim=1)
             v_pre, h_pre = v_pre + bv, h_pre + bh
@@ -179,11 +214,13 @@ def _gate(x: Tensor) -> Tensor:
 
 
 class GatedPixelCNN(nn.Module):
-    """x (B, C, H, W) in [-1, 1] -> (B, params, H, W): the first layer (type A, kernel
+    """x (B, C, H, W) in [-1, 1] -> (B, params, C, H, W): the first layer (type A, kernel
     ``first_kernel``), ``layers - 1`` gated layers (type B, kernel ``kernel``), then
-    ReLU -> 1x1 -> ReLU -> 1x1 on the horizontal stack. ``num_classes`` > 0: conditional,
-    ``forward(x, y)`` with labels y (B,). One-channel images (the outputs of pixel (i, j)
-    depend on the pixels before it in raster order)."""
+    ReLU -> 1x1 -> ReLU -> 1x1 on the horizontal stack. The outputs of sub-pixel (i, j, c)
+    depend on the pixels before (i, j) in raster order and on colours < c of pixel (i, j)
+    (van den Oord et al. 2016's R -> G -> B order). ``num_classes`` > 0: conditional,
+    ``forward(x, y)`` with labels y (B,). ``in_embed`` > 0: the input is a (B, H, W) grid
+    of integer codes (the VQ-VAE's prior), embedded; outputs (B, params, 1, H, W)."""
 
     def __init__(
         self,
@@ -198,19 +235,25 @@ class GatedPixelCNN(nn.Module):
         in_embed: int = 0,
     ) -> None:
         super().__init__()
-        # in_embed > 0: the input is a grid of integer codes (the VQ-VAE prior), embedded.
         self.embed_in = nn.Embedding(in_embed, channels) if in_embed else None
+        colours = 1 if in_embed else in_channels
+        self.colours, self.params = colours, params
         c0 = channels if in_embed else in_channels
         self.layers = nn.ModuleList(
             GatedLayer(
                 c0 if i == 0 else channels, channels, first_kernel if i == 0 else kernel,
-                first=i == 0, num_classes=num_classes,
+                first=i == 0, num_classes=num_classes, colours=colours,
             )
             for i in range(layers)
         )  # fmt: skip
         head = head_channels or 2 * channels
+        feat, mid = _groups(channels, colours), _groups(head, colours)
+        out = torch.arange(params * colours) % colours  # output p * C + c: colour c
         self.head = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, head, 1), nn.ReLU(), nn.Conv2d(head, params, 1)
+            nn.ReLU(),
+            _MaskedConv(channels, head, 1, _group_mask(mid, feat, strict=False)),
+            nn.ReLU(),
+            _MaskedConv(head, params * colours, 1, _group_mask(out, mid, strict=False)),
         )
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -219,4 +262,5 @@ class GatedPixelCNN(nn.Module):
         v = h = x
         for layer in self.layers:
             v, h = layer(v, h, y)
-        return self.head(h)
+        out = self.head(h)  # (B, params * C, H, W)
+        return out.view(out.shape[0], self.params, self.colours, *out.shape[2:])
