@@ -101,10 +101,10 @@ class PixelModel(GenlabModule):
         """loss, loglik (nats per image), bpd (8-bit data): exact; the binarisation of
         evaluation images is seeded by the batch index."""
         x = self.preprocess(batch[0], eval_generator(batch[0].device, batch_idx))
-        return self.metrics_of(self.eval_log_prob(x, self.labels(batch)))
+        return self.metrics_of(self.eval_log_prob(x, self.labels(batch), full))
 
-    def eval_log_prob(self, x: Tensor, y: Tensor | None) -> Tensor:
-        """The held-out log-likelihood (B,); MADE averages its masks here."""
+    def eval_log_prob(self, x: Tensor, y: Tensor | None, full: bool = True) -> Tensor:
+        """The held-out log-likelihood (B,) (``full``: at test); MADE averages its masks."""
         return self.log_prob(x, y)
 
     def configure_optimizers(self):

@@ -78,17 +78,11 @@ class MADE(PixelModel):
         self.log_train(values)
         return values["loss"]
 
-    def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
-        """As every autoregressive family's, over ``eval_masks`` connectivities at test
-        and ``val_masks`` in validation (M masks cost M passes)."""
-        m = self.eval_mask_count
-        self._masks_now = m if full else min(self.hparams.val_masks, m)
-        return super().batch_metrics(batch, batch_idx, full)
-
-    def eval_log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+    def eval_log_prob(self, x: Tensor, y: Tensor | None = None, full: bool = True) -> Tensor:
         """log (1/M) sum_m p_m(x) over the first M connectivities (``eval_masks`` at
-        test, ``val_masks`` in validation): (B,)."""
-        m = getattr(self, "_masks_now", self.eval_mask_count)
+        test, ``val_masks`` in validation; M masks cost M passes): (B,)."""
+        m = self.eval_mask_count
+        m = m if full else min(self.hparams.val_masks, m)
         lls = torch.stack([self.log_prob(x, mask=i) for i in range(m)])  # (M, B)
         return torch.logsumexp(lls, 0) - math.log(m)
 
