@@ -125,6 +125,31 @@ def test_pixelcnn_is_causal_without_a_blind_spot(c: int, h: int) -> None:
         assert dep.tril(-1).sum() == n * (n - 1) // 2
 
 
+def test_pixelcnn_window_holds_each_pixels_receptive_field_and_no_more() -> None:
+    """Sampling passes only ``window(i, j)`` of the image: the outputs at (i, j) of the
+    crop equal the full image's at every pixel, and the window is tight (the output at a
+    central pixel depends on the window's top corners)."""
+    torch.manual_seed(0)
+    c, h, w = 3, 13, 15
+    net = GatedPixelCNN(c, 2, channels=12, layers=3, kernel=3, first_kernel=5, num_classes=4)
+    net = net.double()
+    _perturb(net, 0.3)
+    x, y = torch.randn(2, c, h, w, dtype=torch.double), torch.tensor([1, 3])
+    full = net(x, y)  # (2, P, C, H, W)
+    for i, j in itertools.product(range(h), range(w)):
+        rows, cols = net.window(i, j, h, w)
+        out = net(x[:, :, rows, cols], y)[..., i - rows.start, j - cols.start]
+        torch.testing.assert_close(out, full[..., i, j], rtol=1e-10, atol=1e-10)
+    rows, cols = net.window(9, 7, h, w)
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (6, 9)  # reach 2 + 1 + 1
+    x.requires_grad_(True)
+    net(x, y)[0, :, :, 9, 7].sum().backward()
+    dep = x.grad[0].abs().sum(0) > 0  # (H, W)
+    assert dep[rows.start, cols.start] and dep[rows.start, cols.stop - 1]
+    assert not dep[: rows.start].any() and not dep[:, : cols.start].any()
+    assert not dep[:, cols.stop :].any()
+
+
 def test_conditional_pixelcnn_samples_carry_their_class() -> None:
     """Class 0 is a black 4x4 image, class 1 a white one: after 150 steps, samples drawn
     for y = 0 and y = 1 are the right colour."""

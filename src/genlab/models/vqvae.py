@@ -221,8 +221,11 @@ class VQVAE(Staged, GenlabModule):
             with Progress("VQ-VAE prior sampling", h * w, "codes") as p:
                 for i in range(h):
                     for j in range(w):
-                        out = self.prior(idx[:, : i + 1])  # rows <= i depend on rows <= i only
-                        code = self.code_dist.sample(out[:, :, 0, i, j], generator)
+                        rows, cols = self.prior.window(i, j, h, w)  # code (i, j)'s receptive field
+                        out = self.prior(idx[:, rows, cols])
+                        code = self.code_dist.sample(
+                            out[:, :, 0, i - rows.start, j - cols.start], generator
+                        )
                         idx[:, i, j] = code.long()
                         p.update()
             return self.decode_codes(idx)

@@ -256,6 +256,18 @@ class GatedPixelCNN(nn.Module):
             _MaskedConv(head, params * colours, 1, _group_mask(out, mid, strict=False)),
         )
 
+    def window(self, i: int, j: int, height: int, width: int) -> tuple[slice, slice]:
+        """The rows and columns of the input that the outputs at pixel (i, j) depend on:
+        the vertical stack reaches k//2 rows up and k//2 columns either side per layer,
+        the horizontal stack k//2 columns left, and the vertical features enter it one row
+        down. Every output in a crop of (B, C, H, W) that holds this window equals the
+        full image's (the convolutions' zero padding aside, which only reaches outputs
+        outside it), so sampling pixel (i, j) costs O(receptive field), not O(H W): a
+        sampler's total cost grows linearly with the number of pixels."""
+        reach = sum(layer.k // 2 for layer in self.layers)
+        rows = slice(max(0, i - 1 - reach), i + 1)
+        return rows, slice(max(0, j - reach), min(width, j + reach + 1))
+
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         if self.embed_in is not None:  # (B, H, W) codes -> (B, channels, H, W)
             x = self.embed_in(x.long()).permute(0, 3, 1, 2).contiguous()
