@@ -54,6 +54,7 @@ def _binary_images(h: int, w: int) -> torch.Tensor:
     [
         lambda: MADE((1, 3, 3), hidden_sizes=[16, 16], num_masks=4, order_agnostic=True),
         lambda: MADE((1, 3, 3), hidden_sizes=[16], num_masks=3, direct=True),
+        lambda: MADE((1, 3, 3), hidden_sizes=[], num_masks=2, order_agnostic=True),  # linear
         lambda: PixelCNN((1, 3, 3), channels=8, layers=3, first_kernel=3),
         lambda: PixelCNN((3, 1, 3), channels=6, layers=3, first_kernel=3),  # RGB, 1 x 3
     ],
@@ -92,10 +93,12 @@ def test_a_uniform_softmax_gives_8_bits_per_dim() -> None:
     assert out["loglik"].item() == pytest.approx(-16 * math.log(256), abs=1e-3)
 
 
-def test_made_samples_follow_its_probabilities() -> None:
-    """Incremental ancestral sampling from a mixture of two masks' models: the frequencies
-    of the 8 three-pixel images match exp(log p) within Monte Carlo error."""
-    m = MADE((1, 1, 3), hidden_sizes=[8, 8], num_masks=2, order_agnostic=True, direct=True)
+@pytest.mark.parametrize("hidden", [[8, 8], []])
+def test_made_samples_follow_its_probabilities(hidden: list[int]) -> None:
+    """Incremental ancestral sampling from a mixture of two masks' models (and of a MADE
+    with no hidden layer): the frequencies of the 8 three-pixel images match exp(log p)
+    within Monte Carlo error."""
+    m = MADE((1, 1, 3), hidden_sizes=hidden, num_masks=2, order_agnostic=True, direct=True)
     _perturb(m)
     x = _binary_images(1, 3)
     p = m.eval_log_prob(x, None).exp().detach()
@@ -148,6 +151,15 @@ def test_pixelcnn_window_holds_each_pixels_receptive_field_and_no_more() -> None
     assert dep[rows.start, cols.start] and dep[rows.start, cols.stop - 1]
     assert not dep[: rows.start].any() and not dep[:, : cols.start].any()
     assert not dep[:, cols.stop :].any()
+
+
+@pytest.mark.parametrize("family", [MADE, PixelCNN, VQVAE])
+def test_image_only_families_reject_vector_data_in_one_line(family) -> None:
+    from genlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"needs image data .* use image data \(e\.g\.") as e:
+        family((2,))
+    assert "\n" not in str(e.value) and "likelihood" not in str(e.value)
 
 
 def test_conditional_pixelcnn_samples_carry_their_class() -> None:

@@ -126,6 +126,8 @@ BAD = [
     (["model=gumbel_vae", "model.n_categories=1"], "model.n_categories must be an integer >= 2"),
     (["model=gumbel_vae", "model.baseline_decay=1"], "model.baseline_decay must be a number"),
     (["model=ali", "model.dropout=1.0"], "model.dropout must be a number >= 0 and < 1"),
+    (["model=vqvae", "model.codes=1"], "model.codes must be an integer >= 2"),
+    (["model=vqvae", "model.decay=1"], "model.decay must be a number >= 0 and < 1"),
     (["model/net=conv", "model.net.channels=[8,0]"], "model.net.channels must be a list of"),
     # sweeps: every swept value is checked
     (["-m", "model.lr=0.1,-2"], "model.lr must be a positive number, got -2"),

@@ -85,9 +85,15 @@ def require_images(setting: str, data_shape: tuple[int, ...]) -> None:
     """Raise ConfigError unless the data are 8-bit images (C, H, W); ``setting`` names
     the choice that needs them, e.g. ``"model.likelihood=bernoulli"``."""
     if len(data_shape) != 3:
+        # A family that only models images has no other setting to choose.
+        fix = (
+            "use image data (e.g. data=mnist or data=image_folder)"
+            if setting.startswith("model=")
+            else "choose a continuous likelihood / loss, or image data"
+        )
         raise ConfigError(
             f"{setting} needs image data (C, H, W), but the data have shape "
-            f"{tuple(data_shape)}: choose a continuous likelihood / loss, or image data"
+            f"{tuple(data_shape)}: {fix}"
         )
 
 

@@ -26,19 +26,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.checks import (
+    Decay,
     NonNegativeFloat,
     NonNegativeInt,
     OptimizerName,
     PositiveFloat,
     PositiveInt,
-    UnitInterval,
+    Range,
     check_args,
 )
 from genlab.data.transforms import to_unit
@@ -105,7 +106,7 @@ class VQVAE(Staged, GenlabModule):
         self,
         data_shape: Sequence[int],
         num_classes: int = 0,
-        codes: PositiveInt = 64,
+        codes: Annotated[int, Range(ge=2)] = 64,  # one code would carry no information
         code_dim: PositiveInt = 16,
         channels: PositiveInt = 64,
         downsample: NonNegativeInt = 2,
@@ -113,7 +114,7 @@ class VQVAE(Staged, GenlabModule):
         recon: Literal["mse", "bce"] = "bce",
         beta: NonNegativeFloat = 0.25,
         ema: bool = True,
-        decay: UnitInterval = 0.99,
+        decay: Decay = 0.99,  # 1 would never move the codebook
         restart_below: NonNegativeFloat = 0.01,
         vq_epochs: NonNegativeInt = 10,
         lr: PositiveFloat = 2e-4,

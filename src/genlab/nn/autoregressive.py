@@ -108,9 +108,11 @@ class MADENet(nn.Module):
             w_dir = (self.direct.weight * masks[-1]).view(self.params, self.dim, self.dim)
         x = torch.zeros(n, self.dim, device=w_out.device)
         x_in = to_input(x)
-        a = F.linear(x_in, weights[0], self.hidden[0].bias)  # (n, H1) for the current x_in
+        a = None  # (n, H1): the first layer's pre-activations for the current x_in
+        if weights:
+            a = F.linear(x_in, weights[0], self.hidden[0].bias)
         for d in self.order(mask).tolist():
-            h = F.relu(a)
+            h = F.relu(a) if a is not None else x_in  # no hidden layer: a masked linear map
             for layer, w in zip(self.hidden[1:], weights[1:], strict=False):
                 h = F.relu(F.linear(h, w, layer.bias))
             out = h @ w_out[:, d].T + b_out[:, d]  # (n, P)
@@ -118,7 +120,8 @@ class MADENet(nn.Module):
                 out = out + x_in @ w_dir[:, d].T
             x[:, d] = draw(out[:, :, None])[:, 0]
             new_in = to_input(x[:, d])
-            a = a + (new_in - x_in[:, d])[:, None] * weights[0][:, d]
+            if a is not None:
+                a = a + (new_in - x_in[:, d])[:, None] * weights[0][:, d]
             x_in[:, d] = new_in
         return x
 
