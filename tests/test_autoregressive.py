@@ -214,19 +214,43 @@ def test_ema_codebook_update_matches_its_closed_form() -> None:
     assert torch.allclose(e, s_new / smoothed[:, None])
 
 
+def test_the_first_batch_initialises_the_codebook_from_encoder_outputs() -> None:
+    """A codebook far from the encoder outputs: every vector would pick one code. The
+    first training batch moves all K codes onto vectors of the batch (so several are
+    used), with an even share of counts; a second batch does not initialise again."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 2, ema=True, decay=0.9)
+    with torch.no_grad():
+        q.embed.fill_(100.0)
+    z = torch.randn(2, 2, 8, 8)  # 128 vectors
+    q.train()
+    _, idx, terms = q(z)
+    vectors = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    distance = (q.embed[:, None] - vectors[None]).norm(dim=2).min(1).values  # (K,)
+    assert distance.max() < 1.0 and idx.unique().numel() >= 4 and terms["perplexity"] > 3
+    assert q.ema_counts.sum().item() == pytest.approx(128.0, rel=1e-4)
+    before = q.embed.clone()
+    q(z + 0.01)
+    assert (q.embed - before).abs().max() < 0.5  # an EMA step, not a re-initialisation
+    state = VectorQuantizer(8, 2).state_dict()
+    assert "initialised" in state and state["initialised"] == 0  # resumed runs keep it
+
+
 def test_unused_codes_restart_at_encoder_outputs() -> None:
-    """After one step, codes 1-3 (never nearest) have moving-average use 0.5 < 0.6: they
-    move onto vectors of the batch; code 0, used by all 16, stays where the EMA put it."""
+    """After one step, codes 1-3 (never nearest) have moving-average use 0.5, under 0.6
+    of an even share (16 vectors / 4 codes): they move onto vectors of the batch with a
+    count at that threshold (2.4); code 0, used by all 16, stays where the EMA put it."""
     q = VectorQuantizer(4, 2, ema=True, decay=0.5, restart_below=0.6)
     with torch.no_grad():
         q.embed.copy_(torch.tensor([[0.0, 0.0], [100.0, 100.0], [-100.0, 100.0], [0.0, 50.0]]))
         q.ema_sums.copy_(q.embed)
+        q.initialised.fill_(1)  # (a codebook set by hand, not by the first batch)
     z = torch.randn(1, 2, 4, 4) * 0.1  # every vector nearest code 0
     q.train()
     q(z)
     vectors = z.permute(0, 2, 3, 1).reshape(-1, 2)
     distance = (q.embed[:, None] - vectors[None]).norm(dim=2).min(1).values  # (K,)
-    assert (distance[1:] < 1e-5).all() and (q.ema_counts[1:] == 1.0).all()
+    assert (distance[1:] < 1e-5).all() and torch.allclose(q.ema_counts[1:], torch.tensor(2.4))
     assert q.ema_counts[0] == pytest.approx(0.5 + 16 * 0.5)
     assert distance[0] > 1e-3  # (the EMA of 0 and the batch mean, not a batch vector)
 

@@ -115,7 +115,7 @@ class VQVAE(Staged, GenlabModule):
         beta: NonNegativeFloat = 0.25,
         ema: bool = True,
         decay: Decay = 0.99,  # 1 would never move the codebook
-        restart_below: NonNegativeFloat = 0.01,
+        restart_below: Annotated[float, Range(ge=0, lt=1)] = 0.03,
         vq_epochs: NonNegativeInt = 10,
         lr: PositiveFloat = 2e-4,
         prior_channels: PositiveInt = 64,

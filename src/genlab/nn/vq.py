@@ -45,8 +45,11 @@ class VectorQuantizer(nn.Module):
         codebook   = ||sg[z_e] - e||^2   (gradient updates only; EMA moves e itself)
         commitment = ||z_e - sg[e]||^2   (weighted by beta in the loss)
 
-    ``restart_below`` > 0: codes whose moving-average use per step falls below it are
-    moved to random encoder outputs of the batch (dead-code restarts, as Jukebox does)."""
+    The first training batch sets the codebook to random encoder outputs (a random
+    codebook far from them leaves every vector nearest one code, which no update fixes);
+    ``restart_below`` > 0: codes whose moving-average use per step falls below that
+    fraction of an even share (n / K of the n vectors of a step) move onto random encoder
+    outputs of the batch (dead-code restarts, as Jukebox does)."""
 
     def __init__(
         self,
@@ -68,6 +71,9 @@ class VectorQuantizer(nn.Module):
             self.embed = nn.Parameter(embed)
         # Moving-average count of each code's use per step (the EMA's N_i in both modes).
         self.register_buffer("ema_counts", torch.ones(codes))
+        # 0 until the first training batch has initialised the codebook (checkpointed, so
+        # a resumed run does not initialise twice).
+        self.register_buffer("initialised", torch.zeros(()))
 
     def codes_of(self, z: Tensor) -> Tensor:
         """Nearest codes (n,) of vectors z (n, d): argmin ||z - e_i||^2."""
@@ -82,10 +88,14 @@ class VectorQuantizer(nn.Module):
     def forward(self, z_e: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         b, d, h, w = z_e.shape
         z = z_e.permute(0, 2, 3, 1).reshape(-1, d)  # (n, d), n = B H W
+        pick = even = None
+        if self.training:
+            pick, even = self._draw(z.detach()), self._even_share(z.shape[0])
+            self._initialise(pick, even)
         idx = self.codes_of(z.detach())
         onehot = F.one_hot(idx, self.codes).to(z.dtype)  # (n, K)
         if self.training:
-            self._update(z.detach(), onehot)
+            self._update(z.detach(), onehot, pick, even)
         z_q = self.lookup(idx.view(b, h, w))
         terms = {"commitment": (z_e - z_q.detach()).pow(2).sum((1, 2, 3)).mean()}
         if not self.ema:
@@ -96,8 +106,43 @@ class VectorQuantizer(nn.Module):
         # Straight-through: the forward value is z_q, the gradient passes to z_e unchanged.
         return z_e + (z_q - z_e).detach(), idx.view(b, h, w), terms
 
+    def _codebook(self) -> Tensor:
+        return self.embed.data if isinstance(self.embed, nn.Parameter) else self.embed
+
+    def _even_share(self, n: int) -> float:
+        """n / K: a code's use per step if all were used alike (n vectors on every rank)."""
+        if dist.is_available() and dist.is_initialized():
+            n *= dist.get_world_size()  # the counts sum every rank's vectors
+        return n / self.codes
+
     @torch.no_grad()
-    def _update(self, z: Tensor, onehot: Tensor) -> None:
+    def _draw(self, z: Tensor) -> Tensor:
+        """(K, d) random vectors of z (n, d); rank 0's draw under DDP."""
+        pick = z[torch.randint(0, z.shape[0], (self.codes,), device=z.device)]
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(pick, 0)
+        return pick
+
+    def _reset(self, where: Tensor, pick: Tensor, count: float) -> None:
+        """Codes ``where`` (bool, (K,) or ()) <- ``pick`` with use count ``count`` (EMA
+        sums to match: e = m / N)."""
+        embed = self._codebook()
+        embed.copy_(torch.where(where[..., None], pick, embed))
+        self.ema_counts.copy_(torch.where(where, count, self.ema_counts))
+        if self.ema:
+            self.ema_sums.copy_(torch.where(where[..., None], pick * count, self.ema_sums))
+
+    @torch.no_grad()
+    def _initialise(self, pick: Tensor, even: float) -> None:
+        """At the first training batch: codes <- ``pick``, each with the count of a
+        restarted code (an even share without restarts), so codes the batch leaves unused
+        move at once. Later batches: unchanged (torch.where on the flag: no host sync)."""
+        count = self.restart_below * even if self.restart_below > 0 else even
+        self._reset(self.initialised == 0, pick, count)
+        self.initialised.fill_(1)
+
+    @torch.no_grad()
+    def _update(self, z: Tensor, onehot: Tensor, pick: Tensor, even: float) -> None:
         if self.ema:
             self.embed.copy_(
                 ema_codebook_update(self.ema_counts, self.ema_sums, z, onehot, self.decay, self.eps)
@@ -107,18 +152,8 @@ class VectorQuantizer(nn.Module):
             _all_reduce(n_i)
             self.ema_counts.mul_(self.decay).add_(n_i, alpha=1 - self.decay)
         if self.restart_below > 0:
-            self._restart(z)
-
-    @torch.no_grad()
-    def _restart(self, z: Tensor) -> None:
-        """Codes used less than ``restart_below`` times per step on average take random
-        encoder outputs of this batch (rank 0's draw under DDP); no host sync."""
-        dead = self.ema_counts < self.restart_below  # (K,)
-        pick = z[torch.randint(0, z.shape[0], (self.codes,), device=z.device)]  # (K, d)
-        if dist.is_available() and dist.is_initialized():
-            dist.broadcast(pick, 0)
-        embed = self.embed.data if isinstance(self.embed, nn.Parameter) else self.embed
-        embed.copy_(torch.where(dead[:, None], pick, embed))
-        self.ema_counts.copy_(torch.where(dead, torch.ones_like(self.ema_counts), self.ema_counts))
-        if self.ema:
-            self.ema_sums.copy_(torch.where(dead[:, None], pick, self.ema_sums))
+            # Codes whose moving-average use fell under restart_below of an even share
+            # move onto random encoder outputs, with a count at the threshold: one that
+            # is not used enough at once moves again at the next step (as Jukebox's).
+            threshold = self.restart_below * even
+            self._reset(self.ema_counts < threshold, pick, threshold)
