@@ -1,16 +1,18 @@
-"""Sampling cost and quality of an iterative sampler (DDPM, flow matching) per sampler and
-step count: seconds per 1,000 images, net evaluations, and FID / KID / precision / recall in
-genlab's feature space against the test split.
+"""Sampling cost and quality of a sampler (DDPM, flow matching per sampler and step count;
+any other family's own sampler): seconds per 1,000 images, net evaluations, and FID / KID /
+precision / recall in genlab's feature space against the test split.
 
     python scripts/sampling_cost.py <run>/checkpoints/last.ckpt ddim:10 ddim:50 ancestral:1000
     python scripts/sampling_cost.py <ckpt> euler:10 heun:25 dopri5 --fid-n 1000 --out cost.json
+    python scripts/sampling_cost.py <pixelcnn run>/checkpoints/best.ckpt default --time-n 100
 
 Each setting is ``<sampler>[:<steps>]`` (DDPM: ddim, ancestral; flow matching: euler,
-heun, dopri5). Time: ``--time-n`` images in one batch, after one warm-up batch, scaled to
-1,000 images (the cost is linear in the number of images at these batch sizes). FID /
-KID: ``--fid-n`` samples (0: timing only) against as many test images. The run's data
-config (next to the checkpoint) names the data set; features are genlab's cached
-per-data-set network (``GENLAB_CACHE`` or ``<data_dir>/feature_nets``).
+heun, dopri5) or ``default`` (the family's ``sample(n)`` as it is). Time: ``--time-n``
+images in one batch, after one warm-up batch, scaled to 1,000 images (the cost is linear
+in the number of images at these batch sizes). FID / KID: ``--fid-n`` samples (0: timing
+only) against as many test images. The run's data config (next to the checkpoint) names
+the data set; features are genlab's cached per-data-set network (``GENLAB_CACHE`` or
+``<data_dir>/feature_nets``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class _Counter:
 
 
 def _kwargs(model, setting: str) -> dict:
+    if setting == "default":
+        return {}
     name, _, steps = setting.partition(":")
     key = "sampler" if hasattr(model.hparams, "timesteps") else "solver"
     out = {key: name}
@@ -76,8 +80,12 @@ def main() -> None:
             real = space.features(x)
             save_real(path, key, real)
     counter = _Counter()
-    nets = [model.denoiser] + ([model.ema["denoiser"]] if getattr(model, "use_ema", False) else [])
-    for net in nets:  # net evaluations (a batched call counts once)
+    # Net evaluations (a batched call counts once): the denoiser, a PixelCNN, a VQ-VAE's
+    # prior; MADE samples from its weights without calling its forward (none counted).
+    nets = [getattr(model, n) for n in ("denoiser", "pixelcnn", "prior") if hasattr(model, n)]
+    if hasattr(model, "denoiser") and getattr(model, "use_ema", False):
+        nets.append(model.ema["denoiser"])
+    for net in nets:
         net.register_forward_hook(counter)
     for setting in args.settings:
         kw = _kwargs(model, setting)
@@ -88,7 +96,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         row = {
             "setting": setting,
-            "net_evals": counter.n,
+            "net_evals": counter.n if nets else None,
             "s_per_1000": seconds * 1000 / args.time_n,
         }
         if real is not None:
