@@ -234,6 +234,10 @@ def test_the_first_batch_initialises_the_codebook_from_encoder_outputs() -> None
     assert (q.embed - before).abs().max() < 0.5  # an EMA step, not a re-initialisation
     state = VectorQuantizer(8, 2).state_dict()
     assert "initialised" in state and state["initialised"] == 0  # resumed runs keep it
+    del state["initialised"]  # a checkpoint from before the flag: a trained codebook
+    old = VectorQuantizer(8, 2)
+    old.load_state_dict(state)
+    assert old.initialised == 1
 
 
 def test_unused_codes_restart_at_encoder_outputs() -> None:

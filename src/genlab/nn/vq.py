@@ -75,6 +75,11 @@ class VectorQuantizer(nn.Module):
         # a resumed run does not initialise twice).
         self.register_buffer("initialised", torch.zeros(()))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written before the flag existed hold a trained codebook.
+        state_dict.setdefault(prefix + "initialised", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def codes_of(self, z: Tensor) -> Tensor:
         """Nearest codes (n,) of vectors z (n, d): argmin ||z - e_i||^2."""
         e = self.embed
