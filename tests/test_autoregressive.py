@@ -162,6 +162,27 @@ def test_image_only_families_reject_vector_data_in_one_line(family) -> None:
     assert "\n" not in str(e.value) and "likelihood" not in str(e.value)
 
 
+@pytest.mark.parametrize("name", ["eval_masks", "val_masks"])
+def test_made_rejects_more_averaged_masks_than_it_trains(name: str) -> None:
+    from genlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"model\.{name}=5 exceeds the model\.num_masks=4"):
+        MADE((1, 3, 3), hidden_sizes=[8], num_masks=4, **{name: 5})
+    assert MADE((1, 3, 3), hidden_sizes=[8], num_masks=4, **{name: 4}).eval_mask_count == 4
+
+
+@pytest.mark.parametrize(
+    ("kernels", "match"),
+    [((4, 7), r"model\.kernel=4 and model\.first_kernel=7 must be odd"),
+     ((3, 1), r"model\.first_kernel=1 lets no pixel see its left neighbour")],
+)  # fmt: skip
+def test_pixelcnn_rejects_kernels_that_break_its_masks(kernels, match: str) -> None:
+    from genlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        PixelCNN((1, 4, 4), kernel=kernels[0], first_kernel=kernels[1], channels=4, layers=2)
+
+
 def test_conditional_pixelcnn_samples_carry_their_class() -> None:
     """Class 0 is a black 4x4 image, class 1 a white one: after 150 steps, samples drawn
     for y = 0 and y = 1 are the right colour."""

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from genlab.checks import NonNegativeFloat, OptimizerName, PositiveFloat, PositiveInt, check_args
+from genlab.errors import ConfigError
 from genlab.models.autoregressive import Likelihood, PixelModel
 from genlab.nn.autoregressive import MADENet
 
@@ -52,6 +53,13 @@ class MADE(PixelModel):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.init_pixels(tuple(data_shape), likelihood, mixture_components, "made")
+        for name, count in (("eval_masks", eval_masks), ("val_masks", val_masks)):
+            if count is not None and count > num_masks:
+                raise ConfigError(
+                    f"model.{name}={count} exceeds the model.num_masks={num_masks} "
+                    f"connectivities it averages over: set model.num_masks={count} or a "
+                    f"smaller model.{name}"
+                )
         self.made = MADENet(
             self.dim, list(hidden_sizes), self.dist.params, num_masks, order_agnostic,
             mask_seed, direct,
@@ -60,7 +68,7 @@ class MADE(PixelModel):
     @property
     def eval_mask_count(self) -> int:
         hp = self.hparams
-        return min(hp.eval_masks or hp.num_masks, hp.num_masks)
+        return hp.eval_masks or hp.num_masks
 
     def net_output(self, x: Tensor, y: Tensor | None = None, mask: int = 0) -> Tensor:
         """(B, C, H, W) integer pixels -> (B, params, D) under connectivity ``mask``."""

@@ -69,6 +69,13 @@ class PixelCNN(ClassConditionalSampling, PixelModel):
                 f"model.kernel={kernel} and model.first_kernel={first_kernel} must be odd "
                 "(centred masks), e.g. 3 and 7"
             )
+        if first_kernel < 3:
+            # A 1x1 type-A layer sees no pixel of its own row: no output would ever
+            # depend on the pixel just left of it.
+            raise ConfigError(
+                f"model.first_kernel={first_kernel} lets no pixel see its left neighbour: "
+                "use an odd first_kernel >= 3, e.g. model.first_kernel=7"
+            )
         self.pixelcnn = GatedPixelCNN(
             self.data_shape[0], self.dist.params, channels, layers, kernel, first_kernel,
             head_channels, num_classes if conditional else 0,
