@@ -635,6 +635,38 @@ def test_score_samples_parzen_window_of_a_digits_checkpoint(make_cfg, tmp_path) 
     assert values["test/parzen_loglik_se"] == pytest.approx(float(ll.std()) / 150**0.5, rel=1e-4)
 
 
+def test_score_samples_draws_each_seeded_chunk_once_for_all_spaces() -> None:
+    """The feature spaces draw the same seeded chunks: the second space reuses the first
+    one's samples (same generator state and count) instead of sampling again."""
+    import importlib.util
+
+    from genlab.metrics.scores import chunk_generator
+
+    spec = importlib.util.spec_from_file_location("score", REPO / "scripts" / "score_samples.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    calls = []
+
+    class Stub:
+        def sample(self, n, generator=None, **kwargs):
+            calls.append((n, kwargs))
+            return torch.rand(n, 3, generator=generator)
+
+    m, cpu = Stub(), torch.device("cpu")
+    mod.reuse_samples(m)
+    a = m.sample(4, generator=chunk_generator(cpu, 0, 1))
+    a.zero_()  # a consumer's in-place change must not reach the memo
+    b = m.sample(4, generator=chunk_generator(cpu, 0, 1))
+    assert len(calls) == 1 and b.abs().sum() > 0
+    torch.testing.assert_close(b, torch.rand(4, 3, generator=chunk_generator(cpu, 0, 1)))
+    m.sample(4, generator=chunk_generator(cpu, 0, 2))  # another chunk
+    m.sample(5, generator=chunk_generator(cpu, 0, 1))  # another count
+    m.sample(4, generator=chunk_generator(cpu, 0, 1), raw=True)  # another sampler
+    m.sample(4)
+    m.sample(4)  # no generator: never memoised
+    assert len(calls) == 6
+
+
 def test_eval_limits_the_test_pass_to_the_first_batches(make_cfg, tmp_path) -> None:
     """eval.py ... trainer.limit_test_batches=1: the metrics of the first test batch only
     (how the DDPM's exact 1,000-term bound is run on a subset), and with
