@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from genlab.metrics.sample_quality import (
     frechet_distance_stats,
     kernel_inception_distance,
     prdc,
+    sample_scores,
 )
 from genlab.metrics.scores import knn_acc, linear_probe_acc
 from genlab.train import train
@@ -173,6 +175,24 @@ def test_prdc_matches_the_prdc_package_and_textbook_cases() -> None:
     small = prdc(line, torch.tensor([[4.5], [50.0]]), k_pr=3, k_dc=3)
     assert small["precision"] == 0.5  # one of two fakes is within a real ball
     assert small["density"] == pytest.approx(4 / 6)  # 4.5 lies in the balls of 3, 4, 5, 6
+    assert math.isnan(small["recall"])  # two fakes have no 3rd nearest neighbour
+
+
+def test_scores_are_nan_not_made_up_for_tiny_or_non_finite_sets() -> None:
+    """A k-th neighbour that does not exist, or a NaN feature, gives NaN (never a clamped
+    k, a zero, or a linear-algebra traceback)."""
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(40, 4, generator=g), torch.randn(40, 4, generator=g)
+    few = prdc(real[:5], fake, k_pr=3, k_dc=5)  # 5 reals: a 3rd neighbour, no 5th
+    assert not math.isnan(few["precision"]) and not math.isnan(few["recall"])
+    assert math.isnan(few["density"]) and math.isnan(few["coverage"])
+    assert all(math.isnan(v) for v in prdc(real[:3], fake[:3]).values())
+    nan_fake = fake.clone()
+    nan_fake[7, 1] = float("nan")
+    scores = sample_scores(real, nan_fake, kid_subsets=2, kid_subset_size=10)
+    assert all(math.isnan(v) for v in scores.values()), scores
+    assert math.isnan(hsic(nan_fake, real)) and math.isnan(hsic(real, nan_fake[:, 1]))
+    assert hsic(torch.ones(40, 3), real) == 0.0  # a constant code is independent (defined)
 
 
 def _hsic_by_sums(k: torch.Tensor, l: torch.Tensor) -> float:  # noqa: E741
@@ -246,6 +266,12 @@ def test_inception_features_are_torch_fidelitys_pipeline(inception) -> None:
     assert torch.allclose(one_by_one, f, rtol=1e-4, atol=1e-5)
     # [0, 1] floats are the same images once rounded to 8-bit values.
     assert torch.allclose(inception(x.float() / 255), f, rtol=1e-5, atol=1e-6)
+    # A sample with a NaN pixel has NaN features, not a black image's (uint8(NaN) = 0).
+    bad = x.float() / 255
+    bad[2, 0, 3, 3] = float("nan")
+    fb = inception(bad)
+    keep = [0, 1, 3, 4, 5]
+    assert fb[2].isnan().all() and torch.allclose(fb[keep], f[keep], atol=1e-5)
 
 
 def test_inception_weights_from_other_files_and_bad_ones(inception, tmp_path, monkeypatch) -> None:

@@ -42,9 +42,12 @@ def _centre(k: Tensor) -> Tensor:  # H K H without forming H
 
 def hsic(x: Tensor, y: Tensor, normalized: bool = True) -> float:
     """HSIC of paired samples x (n, ...) and y (n, ...) or labels y (n,) (one-hot);
-    ``normalized``: divided by sqrt(HSIC(x, x) HSIC(y, y)), 0 when either is constant."""
+    ``normalized``: divided by sqrt(HSIC(x, x) HSIC(y, y)), 0 when either is constant.
+    NaN when x or y holds a non-finite value (a diverged encoder is not independent)."""
     if x.shape[0] != y.shape[0] or x.shape[0] < 2:
         raise ValueError(f"hsic needs n >= 2 pairs, got {x.shape[0]} and {y.shape[0]}")
+    if not (torch.isfinite(_features(x)).all() and torch.isfinite(_features(y)).all()):
+        return float("nan")
     n = x.shape[0]
     kc, lc = _centre(gaussian_gram(x)), _centre(gaussian_gram(y))
     value = (kc * lc).sum() / (n - 1) ** 2  # tr(K H L H) = sum((HKH) * (HLH))

@@ -186,4 +186,9 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.preprocess(x)).float()
+        """(B, 2048) features; NaN rows for images with a non-finite pixel (an 8-bit
+        conversion would turn them into black images and a finite, wrong score)."""
+        f = self.net(self.preprocess(x)).float()
+        if x.is_floating_point():
+            f = f.masked_fill(~torch.isfinite(x).flatten(1).all(1)[:, None], float("nan"))
+        return f

@@ -25,6 +25,10 @@ from torch import Tensor
 CHUNK = 1024  # rows of a distance block: (1024, N) floats at a time
 
 
+def _finite(*xs: Tensor) -> bool:
+    return all(bool(torch.isfinite(x).all()) for x in xs)
+
+
 def _stats(x: Tensor) -> tuple[Tensor, Tensor]:
     x = x.double()
     mu = x.mean(0)
@@ -70,7 +74,9 @@ def frechet_distance_stats(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor) -> 
 
 
 def frechet_distance(real: Tensor, fake: Tensor) -> float:
-    """FID of two feature sets (N, d), (M, d)."""
+    """FID of two feature sets (N, d), (M, d); NaN when either holds a non-finite value."""
+    if not _finite(real, fake):
+        return float("nan")
     (mu1, s1, f1), (mu2, s2, f2) = _factor(real), _factor(fake)
     return float(((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - 2 * _trace_sqrt(f1, f2))
 
@@ -80,7 +86,7 @@ def kernel_inception_distance(
 ) -> tuple[float, float]:
     """KID (mean, std over subsets); ``subset_size`` is capped by the smaller set."""
     m = min(subset_size, real.shape[0], fake.shape[0])
-    if m < 2:
+    if m < 2 or not _finite(real, fake):
         return float("nan"), float("nan")
     d = real.shape[1]
     g = torch.Generator().manual_seed(seed)
@@ -97,38 +103,52 @@ def kernel_inception_distance(
 
 
 def knn_radii(x: Tensor, ks: tuple[int, ...]) -> dict[int, Tensor]:
-    """{k: (N,) distance of each point to its k-th nearest other point of x}."""
+    """{k: (N,) distance of each point to its k-th nearest other point of x}; N > k."""
     top = max(ks) + 1  # the point itself comes first (distance 0)
+    if x.shape[0] < top:
+        raise ValueError(f"a {max(ks)}-th nearest neighbour needs more than {max(ks)} points")
     rows = []
     for i in range(0, x.shape[0], CHUNK):
         d = torch.cdist(x[i : i + CHUNK], x)  # (c, N)
-        rows.append(d.topk(min(top, x.shape[0]), dim=1, largest=False).values)
+        rows.append(d.topk(top, dim=1, largest=False).values)
     near = torch.cat(rows)  # (N, top) ascending
-    return {k: near[:, min(k, near.shape[1] - 1)] for k in ks}
+    return {k: near[:, k] for k in ks}
 
 
 def prdc(real: Tensor, fake: Tensor, k_pr: int = 3, k_dc: int = 5) -> dict[str, float]:
     """precision, recall (k = ``k_pr``), density, coverage (k = ``k_dc``) of feature sets
-    real (N, d) and fake (M, d)."""
+    real (N, d) and fake (M, d). NaN where a k-th nearest neighbour does not exist
+    (precision needs N > k_pr, recall M > k_pr, density and coverage N > k_dc), and for
+    all four when a feature is not finite."""
+    out = dict.fromkeys(("precision", "recall", "density", "coverage"), float("nan"))
+    n, m = real.shape[0], fake.shape[0]
+    p, r, dc = n > k_pr, m > k_pr, n > k_dc
+    if not (p or r or dc) or not _finite(real, fake):
+        return out
     real, fake = real.float(), fake.float()
-    r_real = knn_radii(real, (k_pr, k_dc))  # (N,) each
-    r_fake = knn_radii(fake, (k_pr,))[k_pr]  # (M,)
-    in_real = torch.zeros(fake.shape[0], dtype=torch.bool, device=real.device)
-    density_hits = torch.zeros(fake.shape[0], device=real.device)
-    recalled = torch.zeros(real.shape[0], dtype=torch.bool, device=real.device)
-    nearest_fake = torch.full((real.shape[0],), float("inf"), device=real.device)
-    for i in range(0, fake.shape[0], CHUNK):
+    r_real = knn_radii(real, (k_pr,) * p + (k_dc,) * dc)  # (N,) each
+    r_fake = knn_radii(fake, (k_pr,))[k_pr] if r else None  # (M,)
+    in_real = torch.zeros(m, dtype=torch.bool, device=real.device)
+    density_hits = torch.zeros(m, device=real.device)
+    recalled = torch.zeros(n, dtype=torch.bool, device=real.device)
+    nearest_fake = torch.full((n,), float("inf"), device=real.device)
+    for i in range(0, m, CHUNK):
         d = torch.cdist(fake[i : i + CHUNK], real)  # (c, N)
-        in_real[i : i + CHUNK] = (d < r_real[k_pr]).any(1)
-        density_hits[i : i + CHUNK] = (d < r_real[k_dc]).sum(1).float()
-        recalled |= (d < r_fake[i : i + CHUNK, None]).any(0)
-        nearest_fake = torch.minimum(nearest_fake, d.min(0).values)
-    return {
-        "precision": float(in_real.float().mean()),
-        "recall": float(recalled.float().mean()),
-        "density": float(density_hits.mean() / k_dc),
-        "coverage": float((nearest_fake < r_real[k_dc]).float().mean()),
-    }
+        if p:
+            in_real[i : i + CHUNK] = (d < r_real[k_pr]).any(1)
+        if r:
+            recalled |= (d < r_fake[i : i + CHUNK, None]).any(0)
+        if dc:
+            density_hits[i : i + CHUNK] = (d < r_real[k_dc]).sum(1).float()
+            nearest_fake = torch.minimum(nearest_fake, d.min(0).values)
+    if p:
+        out["precision"] = float(in_real.float().mean())
+    if r:
+        out["recall"] = float(recalled.float().mean())
+    if dc:
+        out["density"] = float(density_hits.mean() / k_dc)
+        out["coverage"] = float((nearest_fake < r_real[k_dc]).float().mean())
+    return out
 
 
 def sample_scores(
