@@ -498,6 +498,24 @@ def test_fast_dev_runs_train_no_feature_network(make_cfg, tmp_path, monkeypatch)
     assert sizes == [(64, 64)] and "test/linear_probe_acc" in metrics
 
 
+def test_a_bad_inception_file_stops_the_run_before_training(make_cfg, tmp_path, monkeypatch):
+    """Not at the first scoring after an epoch: no training step is taken."""
+    from genlab.models.vae import VAE
+
+    steps = []
+    real = VAE.training_step
+    monkeypatch.setattr(VAE, "training_step", lambda self, *a: steps.append(1) or real(self, *a))
+    junk = tmp_path / "inception.pt"
+    junk.write_bytes(b"not weights")
+    cfg = make_cfg(
+        "model=vae", "metrics.features=inception", f"metrics.inception_weights={junk}",
+        "trainer.fast_dev_run=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="cannot read Inception weights"):
+        train(cfg)
+    assert steps == []
+
+
 def test_long_computations_say_how_far_they_are(monkeypatch, caplog) -> None:
     """AIS, ODE likelihoods and the samples for the scores log progress lines with the
     time left (here with the thresholds at 0 s, so every step speaks)."""

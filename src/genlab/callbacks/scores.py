@@ -408,6 +408,16 @@ class SampleScores(pl.Callback):
             out["test/hsic_code_halves"] = hsic(z[:, :h], z[:, h:]) if h else float("nan")
         return out
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A weight file that is not the Inception network stops the run here, in one
+        line, not at the first scoring after an epoch of training."""
+        inception = self.space(self.features, self.num_classes) == "inception"
+        scored = self.applies(pl_module) and not self.smoke(trainer)
+        if inception and scored and self.space_ is None:
+            from genlab.metrics.inception import load_network, resolve_weights
+
+            load_network(resolve_weights(self.inception_weights))
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.datamodule is None or self.smoke(trainer):
             return

@@ -105,8 +105,12 @@ def load_network(path: Path) -> FIDInceptionV3:
     except RuntimeError:  # not TorchScript: a state dict (pytorch-fid, torch-fidelity)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - pickles, truncated files, other formats
-            raise ConfigError(f"cannot read Inception weights from {path}: {e}") from None
+        except Exception:  # noqa: BLE001 - pickles, truncated files, other formats
+            # (torch's own message suggests weights_only=False: not for a weight file)
+            raise ConfigError(
+                f"cannot read Inception weights from {path}: it is neither TorchScript nor "
+                "a PyTorch state dict (pytorch-fid's or torch-fidelity's .pth)"
+            ) from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
     if not isinstance(state, dict):
