@@ -180,7 +180,7 @@ def missing_families(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict]
 def coverage_note(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict]]) -> str:
     """One line under the table: the families that have no row yet (empty when none)."""
     missing = missing_families(runs, rows)
-    return f"Families without a row yet: {', '.join(missing)}.\n\n" if missing else ""
+    return f"Families without a row in this table yet: {', '.join(missing)}.\n\n" if missing else ""
 
 
 def file_digest(path: Path) -> str:
