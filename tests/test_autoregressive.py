@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import genlab.models.pixelcnn as pixelcnn_module
 from genlab.models import MADE, VQVAE, PixelCNN
 from genlab.nn.autoregressive import GatedPixelCNN, MADENet
 from genlab.nn.vq import VectorQuantizer, ema_codebook_update
@@ -183,9 +184,9 @@ def test_pixelcnn_rejects_kernels_that_break_its_masks(kernels, match: str) -> N
         PixelCNN((1, 4, 4), kernel=kernels[0], first_kernel=kernels[1], channels=4, layers=2)
 
 
-def test_conditional_pixelcnn_samples_carry_their_class() -> None:
+def test_conditional_pixelcnn_samples_carry_their_class(monkeypatch) -> None:
     """Class 0 is a black 4x4 image, class 1 a white one: after 150 steps, samples drawn
-    for y = 0 and y = 1 are the right colour."""
+    for y = 0 and y = 1 are the right colour, also when a CPU draws them in batches."""
     torch.manual_seed(0)
     m = PixelCNN((1, 4, 4), num_classes=2, conditional=True, channels=16, layers=2)
     opt = torch.optim.Adam(m.parameters(), 1e-2)
@@ -199,6 +200,16 @@ def test_conditional_pixelcnn_samples_carry_their_class() -> None:
     g = torch.Generator().manual_seed(0)
     assert m.sample(20, g, y=0).mean() < 0.05 and m.sample(20, g, y=1).mean() > 0.95
     assert m.sample_conditional(torch.tensor([0, 1]), g).shape == (2, 1, 4, 4)
+    # In batches of 7: 20 samples, alternating classes, in three passes; each batch keeps
+    # its own labels and the batches consume one generator in turn.
+    monkeypatch.setattr(pixelcnn_module, "CPU_SAMPLE_BATCH", 7)
+    mixed = m.sample_conditional(torch.arange(20) % 2, torch.Generator().manual_seed(1))
+    means = mixed.flatten(1).mean(1)
+    assert (means[0::2] < 0.2).all() and (means[1::2] > 0.8).all(), means
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(20) % 2
+    by_hand = [m.sample_conditional(labels[a : a + 7], g) for a in (0, 7, 14)]
+    assert torch.equal(mixed, torch.cat(by_hand))
     with pytest.raises(ValueError, match="conditional"):
         PixelCNN((1, 4, 4), channels=8, layers=2).sample(2, y=1)
 
