@@ -31,6 +31,7 @@ import csv
 import hashlib
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,6 +41,7 @@ from omegaconf import OmegaConf
 
 from genlab.callbacks import SampleScores
 from genlab.checks import import_target
+from genlab.errors import ConfigError, GenlabError
 from genlab.evaluate import load_run_config
 from genlab.train import build
 
@@ -126,10 +128,26 @@ def score_run(
     return values, seconds, cfg
 
 
+def checkpoint_of(run: Path, which: str) -> Path:
+    """``<run>/checkpoints/<which>.ckpt`` (else last.ckpt); one line when ``run`` is not a
+    genlab run folder with a checkpoint."""
+    if not (run / ".hydra" / "config.yaml").is_file():
+        raise ConfigError(f"{run} is not a genlab run folder (no .hydra/config.yaml)")
+    for name in (which, "last"):
+        if (run / "checkpoints" / f"{name}.ckpt").is_file():
+            return run / "checkpoints" / f"{name}.ckpt"
+    raise ConfigError(f"{run} has no checkpoints/{which}.ckpt or checkpoints/last.ckpt")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--features", nargs="*", default=["inception", "classifier"])
+    p.add_argument(
+        "--features",
+        nargs="*",
+        default=["inception", "classifier"],
+        choices=["inception", "classifier", "autoencoder", "auto"],
+    )
     p.add_argument("--parzen", action="store_true", help="also the Parzen-window log-lik.")
     p.add_argument("--n", type=int, default=2000, help="samples and test images")
     p.add_argument("--ckpt", default="best", choices=["best", "last"])
@@ -142,33 +160,43 @@ def main() -> None:
     names = args.names or [r.name for r in args.runs]
     if len(names) != len(args.runs):
         p.error("--names needs one name per run")
-    args.out.mkdir(parents=True, exist_ok=True)
-    for run, name in zip(args.runs, names, strict=True):
-        ckpt = run / "checkpoints" / f"{args.ckpt}.ckpt"
-        if not ckpt.is_file():
-            ckpt = run / "checkpoints" / "last.ckpt"
-        cache = args.cache_dir or str(
-            OmegaConf.select(OmegaConf.load(run / ".hydra" / "config.yaml"), "metrics.cache_dir")
-        )
-        values, seconds, cfg = score_run(
-            ckpt, args.features, args.n, cache, args.variants, parzen=args.parzen
-        )
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        row = {"epoch": saved.get("epoch", ""), "step": saved.get("global_step", ""), **values}
-        with open(args.out / f"metrics_{name}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            writer.writeheader()
-            writer.writerow(row)
-        OmegaConf.save(cfg, args.out / f"config_{name}.yaml")
-        info = {
-            "checkpoint": str(ckpt),
-            "n": args.n,
-            "seconds": seconds,
-            "threads": torch.get_num_threads(),
-            "scores": values,
-        }
-        (args.out / f"scores_{name}.json").write_text(json.dumps(info, indent=2) + "\n")
-        print(json.dumps({"run": name, **seconds, **values}), flush=True)
+    if args.n < 1:
+        p.error(f"--n must be a positive number of samples, got {args.n}")
+    try:
+        ckpts = [checkpoint_of(run, args.ckpt) for run in args.runs]  # all, before any work
+        args.out.mkdir(parents=True, exist_ok=True)
+        for run, name, ckpt in zip(args.runs, names, ckpts, strict=True):
+            score_and_save(run, name, ckpt, args)
+    except GenlabError as e:
+        print(f"genlab: {e.label}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+def score_and_save(run: Path, name: str, ckpt: Path, args: argparse.Namespace) -> None:
+    """Score one run's checkpoint; write metrics_<name>.csv, config_<name>.yaml and
+    scores_<name>.json into ``args.out``."""
+    cache = args.cache_dir or str(
+        OmegaConf.select(OmegaConf.load(run / ".hydra" / "config.yaml"), "metrics.cache_dir")
+    )
+    values, seconds, cfg = score_run(
+        ckpt, args.features, args.n, cache, args.variants, parzen=args.parzen
+    )
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    row = {"epoch": saved.get("epoch", ""), "step": saved.get("global_step", ""), **values}
+    with open(args.out / f"metrics_{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+    OmegaConf.save(cfg, args.out / f"config_{name}.yaml")
+    info = {
+        "checkpoint": str(ckpt),
+        "n": args.n,
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "scores": values,
+    }
+    (args.out / f"scores_{name}.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(json.dumps({"run": name, **seconds, **values}), flush=True)
 
 
 if __name__ == "__main__":

@@ -647,7 +647,9 @@ def test_under_ddp_only_rank_zero_may_train_the_feature_net(tmp_path, monkeypatc
         assert events == ["barrier", "get:cached"]
 
 
-def test_score_samples_parzen_window_of_a_digits_checkpoint(make_cfg, tmp_path) -> None:
+def test_score_samples_parzen_window_of_a_digits_checkpoint(
+    make_cfg, tmp_path, monkeypatch, capsys
+) -> None:
     """scripts/score_samples.py --parzen on a trained checkpoint: the mean test
     log-likelihood under the Parzen window of the run's own samples, at the bandwidth
     the validation images chose, recomputed here from the same samples."""
@@ -677,6 +679,16 @@ def test_score_samples_parzen_window_of_a_digits_checkpoint(make_cfg, tmp_path) 
     ll = parzen_log_likelihood(samples, test, values["test/parzen_sigma"])
     assert values["test/parzen_loglik"] == pytest.approx(float(ll.mean()), rel=1e-5)
     assert values["test/parzen_loglik_se"] == pytest.approx(float(ll.std()) / 150**0.5, rel=1e-4)
+    # The command line checks every folder before scoring any: one that is not a run
+    # folder is one line (exit 2), and nothing is written, not even the good run's scores.
+    out = tmp_path / "scores"
+    argv = ["score_samples.py", str(tmp_path), str(tmp_path / "nope"), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as stop:
+        mod.main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "nope is not a genlab run" in err
+    assert not out.exists()
 
 
 def test_score_samples_draws_each_seeded_chunk_once_for_all_spaces() -> None:
