@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 from genlab.report.extrapolate import fit_power_law, to_target
@@ -23,10 +24,14 @@ from genlab.report.extrapolate import fit_power_law, to_target
 def read_curve(path: Path, metric: str) -> tuple[list[float], list[float], float | None]:
     """(epochs, values, mean seconds per epoch) of ``metric`` in a run's metrics CSV."""
     path = path / "csv" / "metrics.csv" if path.is_dir() else path
+    if not path.is_file():
+        raise ValueError(f"no metrics CSV at {path}: give a run folder or its metrics.csv")
     by_epoch: dict[float, float] = {}
     seconds: dict[float, float] = {}
     with open(path) as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        columns = [c for c in reader.fieldnames or [] if c.startswith(("val/", "test/"))]
+        for row in reader:
             e = float(row["epoch"]) if row.get("epoch") else None
             if e is None:
                 continue
@@ -36,6 +41,8 @@ def read_curve(path: Path, metric: str) -> tuple[list[float], list[float], float
                 if row.get(k):
                     seconds[e] = seconds.get(e, 0.0) + float(row[k])
     epochs = sorted(by_epoch)
+    if not epochs:
+        raise ValueError(f"{path} logs no {metric} (its columns: {', '.join(columns)})")
     per_epoch = sum(seconds.values()) / len(seconds) if seconds else None
     return epochs, [by_epoch[e] for e in epochs], per_epoch
 
@@ -48,8 +55,12 @@ def main() -> None:
     p.add_argument("--skip", type=float, default=0.25, help="share of the curve not fitted")
     p.add_argument("--out", type=Path, required=True, help="path stem of the .json / .png")
     args = p.parse_args()
-    epochs, values, per_epoch = read_curve(args.run, args.metric)
-    fit = to_target(fit_power_law(epochs, values, args.skip), args.target)
+    try:
+        epochs, values, per_epoch = read_curve(args.run, args.metric)
+        fit = to_target(fit_power_law(epochs, values, args.skip), args.target)
+    except ValueError as e:
+        print(f"extrapolate.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     record = {"run": str(args.run), "metric": args.metric, **fit.as_dict()}
     record["seconds_per_epoch"] = per_epoch
     if fit.epochs_to_target is not None and per_epoch:

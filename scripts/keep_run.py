@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from genlab.report.reproduction import file_digest
@@ -26,15 +27,23 @@ from genlab.report.reproduction import file_digest
 def keep(run: Path, folder: Path, tag: str = "", evals: list[Path] | None = None) -> dict:
     """Copy ``run`` into ``folder`` (see the module docstring); returns what was kept."""
     suffix = f"_{tag}" if tag else ""
+    for need in (run / ".hydra" / "config.yaml", run / "csv" / "metrics.csv"):
+        if not need.is_file():
+            raise ValueError(f"{run} is not a genlab run folder with a CSV log (no {need})")
+    records = []
+    for path in evals or []:
+        path = path if path.is_absolute() else run / path
+        try:
+            records.append(json.loads(path.read_text())["metrics"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"--eval {path}: not an eval.py metrics.json") from None
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / ".hydra" / "config.yaml", folder / f"config{suffix}.yaml")
     with open(run / "csv" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     extra: dict[str, str] = {}
-    for path in evals or []:
-        path = path if path.is_absolute() else run / path
-        record = json.loads(path.read_text())
-        extra.update({k: str(v) for k, v in record["metrics"].items()})
+    for record in records:
+        extra.update({k: str(v) for k, v in record.items()})
     if extra:
         last = rows[-1] if rows else {}
         rows.append({"epoch": last.get("epoch", ""), "step": last.get("step", ""), **extra})
@@ -62,7 +71,11 @@ def main() -> None:
     p.add_argument("--tag", default="", help="config_<tag>.yaml / metrics_<tag>.csv")
     p.add_argument("--eval", type=Path, nargs="*", default=[], help="eval.py metrics.json")
     args = p.parse_args()
-    print(json.dumps(keep(args.run, args.folder, args.tag, args.eval), indent=2))
+    try:
+        print(json.dumps(keep(args.run, args.folder, args.tag, args.eval), indent=2))
+    except ValueError as e:
+        print(f"keep_run.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

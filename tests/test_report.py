@@ -279,3 +279,9 @@ def test_keep_run_copies_a_run_with_its_evaluations(tmp_path: Path) -> None:
     (found,) = find_runs([tmp_path / "exp"])
     assert found.name == "ddpm/exact" and found.family == "DDPM"
     assert found.last("test/bpd") == 2.11 and found.last("test/elbo") == -1200.0
+    # Bad input is one error before anything is written: no run folder, a missing record.
+    with pytest.raises(ValueError, match="not a genlab run folder"):
+        mod.keep(tmp_path / "nope", tmp_path / "exp2")
+    with pytest.raises(ValueError, match="not an eval.py metrics.json"):
+        mod.keep(run, tmp_path / "exp2", "", [Path("checkpoints/eval_none/metrics.json")])
+    assert not (tmp_path / "exp2").exists()

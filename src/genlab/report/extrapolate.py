@@ -48,6 +48,8 @@ def fit_power_law(epochs, values, skip: float = 0.25) -> Extrapolation:
 
     t = np.asarray(epochs, dtype=float) + 1.0  # epoch 0 is the first: t >= 1
     y = np.asarray(values, dtype=float)
+    if t.size < 4:
+        raise ValueError(f"{t.size} points on the curve: need 4 past the first {skip:.0%}")
     keep = t >= t.min() + skip * (t.max() - t.min())
     t, y = t[keep], y[keep]
     if t.size < 4:
