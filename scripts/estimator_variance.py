@@ -24,6 +24,7 @@ import torch
 
 from genlab.data import MNIST
 from genlab.data.transforms import binarize
+from genlab.errors import run_script
 from genlab.models import GumbelVAE
 from genlab.nn.categorical import temperature
 
@@ -87,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "estimator_variance.py")

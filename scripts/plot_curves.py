@@ -1,6 +1,6 @@
 """Plot metrics of runs' metrics.csv against epochs (needs matplotlib: pip install matplotlib).
 
-    python scripts/plot_curves.py outputs/<run>/csv/metrics.csv \\
+    python scripts/plot_curves.py outputs/<run> \\
         --metrics curve/test_loglik val/loglik --out experiments/nice_mnist/loglik_curve.png
     python scripts/plot_curves.py dcgan=<run1>/csv/metrics.csv sngan=<run2>/csv/metrics.csv \\
         --metrics val/fid --logy --reference 182 --reference-label VAE --out fid.png
@@ -16,10 +16,14 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
+from genlab.errors import run_script
+
 
 def read_curves(path: Path, metrics: list[str]) -> dict[str, dict[int, float]]:
-    """metric -> {epoch: value} (the last value logged in each epoch)."""
+    """metric -> {epoch: value} (the last value logged in each epoch) of a metrics CSV or
+    a run folder's ``csv/metrics.csv``."""
     curves: dict[str, dict[int, float]] = defaultdict(dict)
+    path = path / "csv" / "metrics.csv" if path.is_dir() else path
     with open(path) as f:
         for row in csv.DictReader(f):
             for m in metrics:
@@ -77,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "plot_curves.py")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from genlab.checks import import_target
+from genlab.errors import run_script
 from genlab.evaluate import find_checkpoint, load_run_config
 from genlab.metrics.scores import encode_all, probe_scores
 from genlab.train import build
@@ -115,4 +116,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "representations.py")

@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from genlab.checks import import_target
+from genlab.errors import ConfigError, run_script
+from genlab.evaluate import load_run_config
 from genlab.metrics.sample_quality import sample_scores
 from genlab.metrics.scores import generate
 from genlab.metrics.spaces import genlab_space, load_real, real_cache_path, real_key, save_real
@@ -62,7 +63,9 @@ def main() -> None:
     args = p.parse_args()
 
     torch.manual_seed(0)
-    cfg = OmegaConf.load(args.ckpt.resolve().parents[1] / ".hydra" / "config.yaml")
+    if not args.ckpt.is_file():
+        raise ConfigError(f"{args.ckpt} is not a checkpoint file (<run>/checkpoints/best.ckpt)")
+    cfg = load_run_config(args.ckpt, [])  # one line when the checkpoint is not in a run
     cls = import_target(cfg.model._target_)
     model = cls.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
     rows = []
@@ -112,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "sampling_cost.py")

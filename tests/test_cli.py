@@ -71,6 +71,34 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path: Path) -> None:
         assert "Traceback" not in p.stdout + p.stderr
 
 
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("score_samples.py", ["{bad}", "--out", "{tmp}/o"]),
+        ("sampling_cost.py", ["{bad}/best.ckpt", "default"]),
+        ("plot_curves.py", ["{bad}", "--out", "{tmp}/p.png"]),
+        ("representations.py", ["{bad}", "--out", "{tmp}/r"]),
+        ("estimator_variance.py", ["{bad}/best.ckpt"]),
+        ("keep_run.py", ["{bad}", "{tmp}/k"]),
+        ("extrapolate.py", ["{bad}", "--metric", "val/loss", "--target", "1", "--out", "{tmp}/e"]),
+    ],
+)
+def test_scripts_say_what_is_wrong_in_one_line(script, args, tmp_path, monkeypatch, capsys):
+    """The scripts the docs name, given a folder that is not a run: one line on stderr
+    that names it, exit code 2, no traceback."""
+    import runpy
+
+    bad = tmp_path / "not_a_run"
+    argv = [a.format(bad=bad, tmp=tmp_path) for a in args]
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]  # (after any progress line)
+    assert stop.value.code == 2 and "Traceback" not in err and "not_a_run" in last, err
+    assert last.startswith((f"{script}: error: ", "genlab: error: ")), err
+
+
 def test_unknown_option_check() -> None:
     conf = REPO / "conf"
     assert unknown_option(["model=vae", "data=mnist", "model/net=conv"], conf) is None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class GenlabError(Exception):
     """Base class: the command-line entry points print these as a single line
@@ -99,3 +102,16 @@ def require_images(setting: str, data_shape: tuple[int, ...]) -> None:
 
 class CheckpointError(GenlabError, RuntimeError):
     """A checkpoint is missing, unreadable, or belongs to another family or config."""
+
+
+def run_script(main: Callable[[], object], name: str) -> None:
+    """Run a script's ``main``, printing a GenlabError or a missing file as one line
+    (``<name>: <label>: <message>``) and exiting with its code instead of a traceback."""
+    try:
+        main()
+    except GenlabError as e:
+        print(f"{name}: {e.label}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        print(f"{name}: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+        sys.exit(2)

@@ -58,7 +58,7 @@ def load_run_config(ckpt: Path, overrides: list[str]) -> DictConfig:
     path = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
     if not path.is_file():
         raise ConfigError(
-            f"no run config at {path}: eval.py needs a checkpoint inside a genlab run folder "
+            f"no run config at {path}: give a checkpoint inside a genlab run folder "
             "(<run>/checkpoints/<name>.ckpt)"
         )
     try:
