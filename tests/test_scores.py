@@ -187,6 +187,7 @@ def test_scores_are_nan_not_made_up_for_tiny_or_non_finite_sets() -> None:
     assert not math.isnan(few["precision"]) and not math.isnan(few["recall"])
     assert math.isnan(few["density"]) and math.isnan(few["coverage"])
     assert all(math.isnan(v) for v in prdc(real[:3], fake[:3]).values())
+    assert math.isnan(frechet_distance(real, fake[:1]))  # one sample: no covariance
     nan_fake = fake.clone()
     nan_fake[7, 1] = float("nan")
     scores = sample_scores(real, nan_fake, kid_subsets=2, kid_subset_size=10)

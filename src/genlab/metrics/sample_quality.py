@@ -74,8 +74,9 @@ def frechet_distance_stats(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor) -> 
 
 
 def frechet_distance(real: Tensor, fake: Tensor) -> float:
-    """FID of two feature sets (N, d), (M, d); NaN when either holds a non-finite value."""
-    if not _finite(real, fake):
+    """FID of two feature sets (N, d), (M, d); NaN when either holds a non-finite value
+    or a single point (no covariance)."""
+    if min(real.shape[0], fake.shape[0]) < 2 or not _finite(real, fake):
         return float("nan")
     (mu1, s1, f1), (mu2, s2, f2) = _factor(real), _factor(fake)
     return float(((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - 2 * _trace_sqrt(f1, f2))
