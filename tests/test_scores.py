@@ -499,6 +499,28 @@ def test_fast_dev_runs_train_no_feature_network(make_cfg, tmp_path, monkeypatch)
     assert sizes == [(64, 64)] and "test/linear_probe_acc" in metrics
 
 
+def test_a_run_scores_in_the_inception_space_with_one_network_load(
+    inception, make_cfg, tmp_path, monkeypatch
+) -> None:
+    """metrics.features=inception in training and at test: FID / KID / PRDC under the
+    space's names; the network checked at fit start is the one that scores (one load)."""
+    from genlab.metrics import inception as mod
+
+    loads = []
+    real = mod.load_network
+    monkeypatch.setattr(mod, "load_network", lambda path: loads.append(path) or real(path))
+    cfg = make_cfg(
+        "model=vae", "metrics.features=inception", "metrics.every_n_epochs=1",
+        "metrics.n_val=12", "metrics.n_test=12", "metrics.probes=false",
+        "trainer.fast_dev_run=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+    )  # fmt: skip
+    metrics, _ = train(cfg)
+    for split in ("val", "test"):
+        for name in ("fid", "kid", "precision", "recall", "density", "coverage"):
+            assert math.isfinite(metrics[f"{split}/{name}_inception"]), (split, name)
+    assert len(loads) == 1
+
+
 def test_a_bad_inception_file_stops_the_run_before_training(make_cfg, tmp_path, monkeypatch):
     """Not at the first scoring after an epoch: no training step is taken."""
     from genlab.models.vae import VAE

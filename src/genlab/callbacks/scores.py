@@ -103,6 +103,7 @@ class SampleScores(pl.Callback):
         self.num_classes: int | None = None  # the data's, known at setup (None: labelled)
         self.quality: dict = {}  # the genlab network's record (accuracy, ...)
         self._flagged = False
+        self._inception = None  # the Inception network, loaded (and checked) at fit start
 
     @staticmethod
     def applies(pl_module: nn.Module) -> bool:
@@ -220,7 +221,7 @@ class SampleScores(pl.Callback):
             self.classifier = spaces["classifier"].net.to(device)
         if space == "inception":
             batch = 200 if device.type == "cuda" else 50
-            self.space_ = inception_space(self.inception_weights, batch)
+            self.space_ = inception_space(self.inception_weights, batch, self._inception)
             self.quality = spaces[kinds[0]].record if kinds else {}
         else:
             self.space_ = spaces[space]
@@ -413,10 +414,10 @@ class SampleScores(pl.Callback):
         line, not at the first scoring after an epoch of training."""
         inception = self.space(self.features, self.num_classes) == "inception"
         scored = self.applies(pl_module) and not self.smoke(trainer)
-        if inception and scored and self.space_ is None:
-            from genlab.metrics.inception import load_network, resolve_weights
+        if inception and scored and self.space_ is None and self._inception is None:
+            from genlab.metrics.inception import InceptionFeatures
 
-            load_network(resolve_weights(self.inception_weights))
+            self._inception = InceptionFeatures(self.inception_weights)  # kept for _setup
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.datamodule is None or self.smoke(trainer):

@@ -46,7 +46,7 @@ def hsic(x: Tensor, y: Tensor, normalized: bool = True) -> float:
     NaN when x or y holds a non-finite value (a diverged encoder is not independent)."""
     if x.shape[0] != y.shape[0] or x.shape[0] < 2:
         raise ValueError(f"hsic needs n >= 2 pairs, got {x.shape[0]} and {y.shape[0]}")
-    if not (torch.isfinite(_features(x)).all() and torch.isfinite(_features(y)).all()):
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         return float("nan")
     n = x.shape[0]
     kc, lc = _centre(gaussian_gram(x)), _centre(gaussian_gram(y))

@@ -69,11 +69,14 @@ def genlab_space(
     return FeatureSpace(kind, net, f"genlab-{kind}-{record['digest']}", record)
 
 
-def inception_space(weights: str | None = None, batch_size: int | None = None) -> FeatureSpace:
-    """Inception-v3 pool features (:mod:`genlab.metrics.inception`)."""
+def inception_space(
+    weights: str | None = None, batch_size: int | None = None, net: nn.Module | None = None
+) -> FeatureSpace:
+    """Inception-v3 pool features (:mod:`genlab.metrics.inception`); ``net``: an
+    ``InceptionFeatures`` already loaded (else one is loaded from ``weights``)."""
     from genlab.metrics.inception import InceptionFeatures
 
-    net = InceptionFeatures(weights)
+    net = net if net is not None else InceptionFeatures(weights)
     return FeatureSpace("inception", net, net.key, batch_size=batch_size or 50)
 
 
