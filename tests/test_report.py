@@ -164,6 +164,27 @@ def test_reproduction_table_reads_values_from_the_runs(tmp_path: Path) -> None:
         report([tmp_path / "exp"], None, readme, plots=False)
 
 
+def test_the_table_shows_each_estimates_logged_spread(tmp_path: Path) -> None:
+    """genlab's cell carries the spread its run logged: `± s.e.` from `<metric>_se`, and
+    an AIS log-likelihood's bracket from log Z's (loglik = -F - log Z moves against it);
+    a run without either shows the bare value."""
+    from genlab.report.reproduction import value_cell
+    from genlab.report.runs import Run
+
+    def run_with(columns: dict[str, float]) -> Run:
+        row = {"epoch": "3", "step": "9", **{k: str(v) for k, v in columns.items()}}
+        return Run("r", tmp_path, {}, [row])
+
+    # log Z = 400 in [399.5, 401]: loglik -87 in [-87 - 1, -87 + 0.5]
+    ais = run_with({"test/loglik": -87.0, "test/log_z": 400.0, "test/log_z_lo": 399.5,
+                    "test/log_z_hi": 401.0})  # fmt: skip
+    assert value_cell(ais, "test/loglik") == "-87.00 [-88.00, -86.50]"
+    nll = run_with({"test/nll_iwae": 85.1234, "test/nll_iwae_se": 0.1234})
+    assert value_cell(nll, "test/nll_iwae") == "85.12 ± 0.12"
+    assert value_cell(nll, "test/elbo") == "(not logged)"
+    assert value_cell(ais, "test/log_z") == "400"  # only a loglik takes the bracket
+
+
 def test_a_rows_checkpoint_reproduces_its_number_with_genlab_eval(make_cfg, tmp_path) -> None:
     """One cheap row end to end: a digits VAE trained here, its row in reproduction.yaml
     with its best.ckpt, the table lists the checkpoint's digest, and genlab-eval on that

@@ -32,6 +32,7 @@ the file is present its digest is checked against the record (a mismatch is show
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ FILE = "reproduction.yaml"
 REQUIRED = ("metric", "protocol", "paper", "source")
 BEGIN = "<!-- genlab-report:reproduction:begin -->"
 END = "<!-- genlab-report:reproduction:end -->"
+CSV = "metrics.csv"
 HEADER = [
     "family",
     "data",
@@ -108,7 +110,6 @@ def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]
     ]
     found.sort(key=lambda t: t[0].family if t[0] else "~")  # stable: folder order within
     for run, top, folder, row in found:
-        value = run.last(row["metric"]) if run else None
         hours = row.get("cpu_hours")
         if hours is None and run is not None and run.minutes is not None:
             hours = f"{run.minutes / 60:.2f} (wall)"
@@ -120,7 +121,7 @@ def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]
             str(row["protocol"]),
             _value(row["metric"], paper) if isinstance(paper, (int, float)) else str(paper),
             str(row["source"]),
-            _value(row["metric"], value) if run else f"(no run {row.get('run') or 'metrics.csv'})",
+            value_cell(run, row["metric"]) if run else f"(no run {row.get('run') or CSV})",
             differs_cell(top, folder, row),
             str(run.epochs if run and run.epochs is not None else ""),
             str(hours if hours is not None else ""),
@@ -130,6 +131,27 @@ def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def value_cell(run: Run, metric: str) -> str:
+    """genlab's value with the spread its run logged: ``± s.e.`` from ``<metric>_se``
+    (what that error covers is the family's: see the row's protocol), and for an AIS
+    log-likelihood (``<split>/loglik`` beside ``<split>/log_z`` and its ``_lo``/``_hi``)
+    the bracket that log Z +- 3 standard errors of the mean AIS weight puts on it
+    (loglik = -F - log Z moves against log Z)."""
+    value = run.last(metric)
+    text = _value(metric, value)
+    if value is None:
+        return text
+    se = run.last(f"{metric}_se")
+    if se is not None and math.isfinite(se):
+        text += f" ± {_value(metric, se)}"
+    split, name = metric.split("/", 1) if "/" in metric else ("", metric)
+    z, lo, hi = (run.last(f"{split}/log_z{s}") for s in ("", "_lo", "_hi"))
+    if name == "loglik" and None not in (z, lo, hi):
+        low, high = value - (hi - z), value + (z - lo)  # lo = -inf: no lower bound on w
+        text += f" [{_value(metric, low)}, {_value(metric, high)}]"
+    return text
 
 
 def differs_cell(top: Path, folder: Path, row: dict[str, Any]) -> str:
@@ -211,7 +233,10 @@ def checkpoint_cell(folder: Path, path: Any, recorded: Any = None) -> str:
 
 NOTES = (
     "genlab's values are read from each run's own log (`genlab-eval`'s metrics.json where "
-    "there is one); accuracies and error rates in percent, likelihoods in nats per image, "
+    "there is one), with the spread the run logged: `± s.e.` the standard error of a "
+    "stochastic estimate (`<metric>_se`; the protocol says what it covers), `[lo, hi]` "
+    "the bracket of an AIS log-likelihood from log Z +- 3 standard errors of the mean "
+    "AIS weight; accuracies and error rates in percent, likelihoods in nats per image, "
     "bits/dim and squared errors as logged. `differs`: what of the paper's protocol or "
     "budget the run did not match. `CPU-h`: hours on the 2-core CPU; `(wall)` marks the sum "
     "of the run's logged epoch times (training and validation, not the test-time "
