@@ -182,6 +182,8 @@ def test_the_table_shows_each_estimates_logged_spread(tmp_path: Path) -> None:
     nll = run_with({"test/nll_iwae": 85.1234, "test/nll_iwae_se": 0.1234})
     assert value_cell(nll, "test/nll_iwae") == "85.12 ± 0.12"
     assert value_cell(nll, "test/elbo") == "(not logged)"
+    raise_ = run_with({"test/loglik_raise": -87.1206, "test/loglik_raise_se": 0.24871})
+    assert value_cell(raise_, "test/loglik_raise") == "-87.12 ± 0.25"  # loglik's format
     assert value_cell(ais, "test/log_z") == "400"  # only a loglik takes the bracket
 
 

@@ -99,6 +99,8 @@ def _value(metric: str, v: float | None) -> str:
     name = metric.split("/", 1)[-1]
     formats = {h[0]: h[3] for h in HEADLINES}
     formats.update({k: _pct for k, _ in PROBES})
+    while name not in formats and "_" in name:  # loglik_raise: loglik's format
+        name = name.rsplit("_", 1)[0]
     return formats.get(name, "{:.4g}".format)(v)
 
 
