@@ -184,6 +184,8 @@ def test_the_table_shows_each_estimates_logged_spread(tmp_path: Path) -> None:
     assert value_cell(nll, "test/elbo") == "(not logged)"
     raise_ = run_with({"test/loglik_raise": -87.1206, "test/loglik_raise_se": 0.24871})
     assert value_cell(raise_, "test/loglik_raise") == "-87.12 ± 0.25"  # loglik's format
+    parzen = run_with({"test/parzen_loglik": 289.93216, "test/parzen_loglik_se": 1.5438})
+    assert value_cell(parzen, "test/parzen_loglik") == "289.93 ± 1.54"
     assert value_cell(ais, "test/log_z") == "400"  # only a loglik takes the bracket
 
 

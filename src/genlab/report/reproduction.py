@@ -99,9 +99,12 @@ def _value(metric: str, v: float | None) -> str:
     name = metric.split("/", 1)[-1]
     formats = {h[0]: h[3] for h in HEADLINES}
     formats.update({k: _pct for k, _ in PROBES})
-    while name not in formats and "_" in name:  # loglik_raise: loglik's format
-        name = name.rsplit("_", 1)[0]
-    return formats.get(name, "{:.4g}".format)(v)
+    # a variant takes its base metric's format: loglik_raise and parzen_loglik, loglik's
+    parts = name.split("_")
+    cuts = ["_".join(parts[:i]) for i in range(len(parts), 0, -1)]
+    cuts += ["_".join(parts[i:]) for i in range(1, len(parts))]
+    fmt = next((formats[c] for c in cuts if c in formats), "{:.4g}".format)
+    return fmt(v)
 
 
 def table(runs: Sequence[Run], rows: Sequence[tuple[Path, Path, dict[str, Any]]]) -> str:
