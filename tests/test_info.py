@@ -211,9 +211,19 @@ def test_infomax_learns_codes_that_identify_images(make_cfg, tmp_path: Path) -> 
     for k in ("loss", "mi_global", "mi_local", "prior_d_loss", "prior_g_loss"):
         assert f"train/{k}" in keys and f"val/{k}" in keys
     assert all(0.5 < metrics[f"test/{k}"] <= 1 for k in PROBES), metrics
+    # the paper's three probed layers: the conv map and the fc layer besides y
+    assert all(0.5 < metrics[f"test/{k}_{lay}"] <= 1 for k in PROBES for lay in ("conv", "fc"))
     assert not any(k.endswith(("fid", "kid")) for k in keys)  # no sampler, no FID
-    # The tested checkpoint reloads without Hydra into the tested weights.
     model = objs["model"].eval()
+    # The probed layers are the ones y is computed from: y = sigmoid(W fc + b), and fc is
+    # the ReLU layer of the flattened conv map.
+    x = model.preprocess(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8))
+    lay = model.probe_layers(x)
+    assert lay["conv"].shape == (4, 16 * 4 * 4) and lay["fc"].shape == (4, 64)
+    assert torch.allclose(torch.sigmoid(model.global_net[-1](lay["fc"])), model.encode(x))
+    assert torch.allclose(model.global_net[:-1](lay["conv"]), lay["fc"])
+    assert bool((lay["fc"] >= 0).all())
+    # The tested checkpoint reloads without Hydra into the tested weights.
     again = InfoMax.load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt").eval()
     x = model.preprocess(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8))
     assert torch.allclose(again.encode(x), model.encode(x), atol=1e-6)

@@ -50,7 +50,8 @@ class SampleScores(pl.Callback):
       ``test/hsic_code_label``, ``test/hsic_code_halves``: models with ``encode`` (probes
       fitted on the frozen codes of ``n_probe_train`` training images, scored on the test
       split; normalised HSIC between the codes of ``n_hsic`` test images and their labels,
-      and between the two halves of the code).
+      and between the two halves of the code). Models with ``probe_layers(x)`` (Deep
+      InfoMax) also log each layer's probes, ``test/linear_probe_acc_<layer>`` etc.
 
     Feature spaces (``features``; the space is in the score's name, so numbers from
     different spaces can't be mixed up in a table): ``classifier`` (genlab's per-data-set
@@ -160,6 +161,8 @@ class SampleScores(pl.Callback):
             names.add(f"{split}/{self.quality_name(pl_module)}")
         if split == "test" and self.probes_apply(pl_module):
             names |= {f"test/{k}" for k in PROBES}
+            for layer in getattr(pl_module, "probe_layer_names", ()):
+                names |= {f"test/{k}_{layer}" for k in PROBES}
             if self.hsic:
                 names |= {"test/hsic_code_label", "test/hsic_code_halves"}
         return names

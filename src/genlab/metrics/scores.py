@@ -129,6 +129,18 @@ def encode_all(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
     return torch.cat(out)
 
 
+@torch.no_grad()
+def layers_all(model: nn.Module, x: Tensor, batch_size: int = 1000) -> dict[str, Tensor]:
+    """``model.probe_layers`` of uint8 images, batched: {layer: (N, d_layer)}."""
+    out: dict[str, list[Tensor]] = {}
+    for i in range(0, x.shape[0], batch_size):
+        b = x[i : i + batch_size]
+        g = torch.Generator(device=b.device).manual_seed(i)
+        for k, v in model.probe_layers(model.preprocess(b, g)).items():
+            out.setdefault(k, []).append(v.float().flatten(1))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 def linear_probe_acc(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Tensor) -> float:
     """Accuracy of multinomial logistic regression on standardised frozen latents."""
     from sklearn.linear_model import LogisticRegression
@@ -203,13 +215,19 @@ def probe_scores(
 ) -> dict[str, float]:
     """Linear, 5-NN and MLP probe accuracies of ``model.encode`` on (images, labels) pairs
     of a training and a test split: {"linear_probe_acc", "knn_acc", "mlp_probe_acc"}.
-    The model must be in eval mode; codes are the encoder's mean (VAE) or code (AE)."""
+    The model must be in eval mode; codes are the encoder's mean (VAE) or code (AE). A
+    model with ``probe_layers(x)`` (Deep InfoMax) also gets each layer's three probes,
+    named ``<probe>_<layer>``."""
     dev = next(model.parameters()).device
     x_tr, y_tr = (t.to(dev) for t in train)
     x_te, y_te = (t.to(dev) for t in test)
-    z_tr, z_te = encode_all(model, x_tr), encode_all(model, x_te)
-    return {
-        "linear_probe_acc": linear_probe_acc(z_tr, y_tr, z_te, y_te),
-        "knn_acc": knn_acc(z_tr, y_tr, z_te, y_te),
-        "mlp_probe_acc": mlp_probe_acc(z_tr, y_tr, z_te, y_te),
-    }
+    feats = [("", encode_all(model, x_tr), encode_all(model, x_te))]
+    if hasattr(model, "probe_layers"):
+        l_tr, l_te = layers_all(model, x_tr), layers_all(model, x_te)
+        feats += [(f"_{k}", l_tr[k], l_te[k]) for k in l_tr]
+    out = {}
+    for sfx, z_tr, z_te in feats:
+        out[f"linear_probe_acc{sfx}"] = linear_probe_acc(z_tr, y_tr, z_te, y_te)
+        out[f"knn_acc{sfx}"] = knn_acc(z_tr, y_tr, z_te, y_te)
+        out[f"mlp_probe_acc{sfx}"] = mlp_probe_acc(z_tr, y_tr, z_te, y_te)
+    return out

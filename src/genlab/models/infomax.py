@@ -141,6 +141,16 @@ class InfoMax(GenlabModule):
         """The global code y = E(x): (B, code_dim)."""
         return self.features(x)[1]
 
+    # The paper's classification table probes three layers: the last conv map, the fully
+    # connected layer and the code y (``encode``); the test pass probes all three.
+    probe_layer_names = ("conv", "fc")
+
+    def probe_layers(self, x: Tensor) -> dict[str, Tensor]:
+        """The encoder's earlier layers as flat features: {"conv": C(x) (B, c*h*w),
+        "fc": the ReLU layer before y (B, hidden_width)}."""
+        local = self.local_net(x)
+        return {"conv": local.flatten(1), "fc": self.global_net[:-1](local)}
+
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         d = self.hparams.code_dim
         if self.hparams.prior == "uniform":
