@@ -11,6 +11,7 @@ from conftest import csv_rows
 from torch.autograd.functional import jacobian
 
 from genlab.callbacks.views import plane_grid
+from genlab.errors import ConfigError
 from genlab.models import NICE, Glow, RealNVP
 from genlab.nn.flow_mixing import ExpLowRank, InvConv1x1, Permute, Reverse
 from genlab.nn.flows import (
@@ -18,6 +19,7 @@ from genlab.nn.flows import (
     Coupling,
     DiagonalScaling,
     FlowSequence,
+    Logit,
     MultiScale,
     Prior,
     Reshape,
@@ -191,6 +193,51 @@ def test_layer_inverts_and_log_det_is_exact(name, shape, make, noise) -> None:
         assert sign != 0 and abs(float(logabs - ld[i])) < 1e-8, (float(logabs), float(ld[i]))
 
 
+def test_logit_inverts_and_under_a_logistic_prior_is_the_uniform_density() -> None:
+    """RealNVP's logit pre-processing: exact inverse and log-det on data in [0, 1], and
+    the logit of a + (1 - 2a) x under a standard logistic prior is x ~ U[0, 1]^D squeezed
+    into [a, 1 - a]: log p(x) = D log(1 - 2a) for every x (8 bits/dim as a -> 0)."""
+    torch.manual_seed(0)
+    shape = (2, 3, 3)
+    x = torch.rand(5, *shape, dtype=torch.float64)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = 0.0, 1.0  # the ends stay finite
+    for a in (1e-6, 0.05):
+        layer = Logit(a)
+        h, ld = layer(x)
+        x2, ld_inv = layer.inverse(h)
+        assert torch.isfinite(h).all() and (x2 - x).abs().max() < 1e-9
+        assert torch.allclose(ld, -ld_inv, atol=1e-9)
+        for i in range(2, 5):
+            jac = jacobian(lambda v, f=layer: f(v.view(1, *shape))[0].flatten(), x[i].flatten())
+            assert float(torch.linalg.slogdet(jac)[1]) == pytest.approx(float(ld[i]), abs=1e-8)
+        logp = Prior("logistic").log_prob(h.flatten(1)) + ld
+        assert torch.allclose(logp, torch.full((5,), 18 * math.log1p(-2 * a), dtype=torch.float64))
+    with pytest.raises(ConfigError, match="alpha"):
+        Logit(0.5)
+
+
+def test_logit_flows_keep_old_checkpoint_keys_and_refuse_vectors() -> None:
+    """model.logit_alpha wraps the image flow (its log-det counted in log p of the [0, 1]
+    data); without it the flow and its state keys are as before."""
+    plain, logit = RealNVP((1, 4, 4), channels=4), RealNVP((1, 4, 4), channels=4, logit_alpha=1e-6)
+    assert all(k.startswith("flow.levels") or k.startswith("flow.") for k in plain.state_dict())
+    assert not any(k.startswith("flow.layers.1.") for k in plain.state_dict())
+    assert {k.replace("flow.layers.1.", "flow.", 1) for k in logit.state_dict()} == set(
+        plain.state_dict()
+    )
+    logit.load_state_dict(
+        {k.replace("flow.", "flow.layers.1.", 1): v for k, v in plain.state_dict().items()}
+    )
+    x = torch.rand(3, 1, 4, 4)
+    h, ld = logit.flow.layers[0](x)
+    # same core weights: the logit model's log p is the plain one's at logit(x) + the log-det
+    assert torch.allclose(logit.log_prob(x), plain.log_prob(h) + ld, atol=1e-4)
+    s = logit.sample(4)
+    assert s.shape == (4, 1, 4, 4) and bool(((s >= 0) & (s <= 1)).all())
+    with pytest.raises(ConfigError, match="logit_alpha"):
+        Glow((2,), logit_alpha=1e-6)
+
+
 def test_scaling_flow_gives_the_analytic_gaussian_likelihood() -> None:
     """h = exp(s) x with a N(0, I) prior is x ~ N(0, exp(-2s)): exact density, and its
     maximum-likelihood fit is the Gaussian MLE with the sample standard deviations."""
@@ -232,11 +279,16 @@ def test_logistic_prior_and_bits_per_dim() -> None:
     assert float(model.bits_per_dim(torch.tensor(1980.50))) == pytest.approx(4.356, abs=1e-3)
 
 
-@pytest.mark.parametrize("model", ["nice", "realnvp", "glow"])
-@pytest.mark.parametrize("data", ["digits", "toy2d"])
+FLOW_RUNS = [(m, d) for m in ("nice", "realnvp", "glow") for d in ("digits", "toy2d")]
+
+
+@pytest.mark.parametrize(("model", "data"), [*FLOW_RUNS, ("glow_logit", "digits")])
 def test_fast_dev_run_every_flow(make_cfg, model: str, data: str) -> None:
     small = "model.hidden_sizes=[64,64]" if model == "nice" else "model.channels=16"
-    metrics, objs = train(make_cfg(f"model={model}", f"data={data}", small, "trainer=debug"))
+    extra = ["model.logit_alpha=1e-6"] if model.endswith("_logit") else []
+    model = model.removesuffix("_logit")
+    cfg = make_cfg(f"model={model}", f"data={data}", small, "trainer=debug", *extra)
+    metrics, objs = train(cfg)
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loglik"])
     if data == "digits":  # 8-bit images: bits/dim; the identity with loglik holds
         bpd = (-metrics["test/loglik"] + 64 * math.log(256)) / (64 * math.log(2))

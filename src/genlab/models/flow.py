@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor
@@ -28,6 +28,7 @@ from genlab.checks import (
     OptimizerName,
     PositiveFloat,
     PositiveInt,
+    Range,
     check_args,
 )
 from genlab.data.transforms import dequantize, eval_generator
@@ -40,6 +41,7 @@ from genlab.nn.flows import (
     DiagonalScaling,
     FlowLayer,
     FlowSequence,
+    Logit,
     MultiScale,
     Prior,
     Reshape,
@@ -213,6 +215,7 @@ class _AffineFlow(Flow):
         scale: Literal["tanh", "sigmoid"] | None = None,
         actnorm: bool = True,
         coupling_split: Literal["halves", "interleaved"] = "halves",
+        logit_alpha: Annotated[float, Range(gt=0, lt=0.5)] | None = None,
         prior: Literal["gaussian", "logistic"] = "gaussian",
         lr: PositiveFloat = 1e-3,
         lr_final: PositiveFloat | None = None,
@@ -224,6 +227,11 @@ class _AffineFlow(Flow):
         super().__init__(
             data_shape, num_classes, prior, lr, lr_final, weight_decay, optimizer, optimizer_kwargs
         )
+        if logit_alpha is not None and len(self.data_shape) != 3:
+            raise ConfigError(
+                "model.logit_alpha pre-processes images in [0, 1]; this data has shape "
+                f"{self.data_shape}: leave model.logit_alpha=null"
+            )
         mixing = mixing or self.default_mixing
         self.save_hyperparameters(logger=False)
         self.mixing = mixing
@@ -252,8 +260,14 @@ class _AffineFlow(Flow):
     def build_flow(self) -> FlowLayer:
         hp = self.hparams
         if len(self.data_shape) == 3:
-            return MultiScale(
+            flow = MultiScale(
                 self.data_shape, hp.levels, lambda c: self._steps(c, conv_net(hp.channels))
+            )
+            # Without the logit (the default, and older checkpoints) the keys stay flow.*
+            return (
+                flow
+                if hp.get("logit_alpha") is None
+                else FlowSequence([Logit(hp.logit_alpha), flow])
             )
         if len(self.data_shape) == 1:
             return self._steps(self.dim, mlp_net(list(hp.hidden_sizes), zero_init=True))

@@ -84,6 +84,35 @@ class Reshape(FlowLayer):
         return h.reshape(h.shape[0], *self.in_shape), h.new_zeros(h.shape[0])
 
 
+class Logit(FlowLayer):
+    """RealNVP's logit pre-processing of data in [0, 1]: h = logit(a + (1 - 2a) x).
+
+    The squeeze into [a, 1 - a] keeps 0 and 1 finite; the log-det is counted, so a flow
+    behind it still gives log p(x) of the [0, 1] data:
+
+        log|dh/dx| = sum_i [log(1 - 2a) - log s_i - log(1 - s_i)],   s = a + (1 - 2a) x
+    """
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        if not 0 < alpha < 0.5:
+            raise ConfigError(f"the logit squeeze alpha must lie in (0, 0.5), not {alpha}")
+        self.alpha = float(alpha)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.alpha
+        s = a + (1 - 2 * a) * x  # in [a, 1 - a]: both logs finite
+        h = torch.log(s) - torch.log1p(-s)
+        ld = math.log1p(-2 * a) - torch.log(s) - torch.log1p(-s)
+        return h, ld.flatten(1).sum(1)
+
+    def inverse(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.alpha
+        # log sigmoid'(h) = -softplus(-h) - softplus(h)
+        ld = -F.softplus(-h) - F.softplus(h) - math.log1p(-2 * a)
+        return (torch.sigmoid(h) - a) / (1 - 2 * a), ld.flatten(1).sum(1)
+
+
 class Coupling(FlowLayer):
     """Additive (NICE) or affine (RealNVP/Glow) coupling on a split of dim 1.
 
