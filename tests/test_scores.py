@@ -178,7 +178,7 @@ def test_prdc_matches_the_prdc_package_and_textbook_cases() -> None:
     assert math.isnan(small["recall"])  # two fakes have no 3rd nearest neighbour
 
 
-def test_scores_are_nan_not_made_up_for_tiny_or_non_finite_sets() -> None:
+def test_scores_are_nan_not_made_up_for_tiny_or_non_finite_sets(caplog) -> None:
     """A k-th neighbour that does not exist, or a NaN feature, gives NaN (never a clamped
     k, a zero, or a linear-algebra traceback)."""
     g = torch.Generator().manual_seed(0)
@@ -194,6 +194,14 @@ def test_scores_are_nan_not_made_up_for_tiny_or_non_finite_sets() -> None:
     assert all(math.isnan(v) for v in scores.values()), scores
     assert math.isnan(hsic(nan_fake, real)) and math.isnan(hsic(real, nan_fake[:, 1]))
     assert hsic(torch.ones(40, 3), real) == 0.0  # a constant code is independent (defined)
+    # The callback says in one line that the sampler, not the metric, made them nan.
+    with caplog.at_level(logging.WARNING, logger="genlab.callbacks.scores"):
+        SampleScores._check_finite(torch.nn.Linear(1, 1), fake, "val", "")
+        assert not caplog.records  # all finite: nothing to say
+        nan_fake[9, 0] = float("inf")
+        SampleScores._check_finite(torch.nn.Linear(1, 1), nan_fake, "test", " (ema)")
+    (rec,) = caplog.records
+    assert "Linear: 2 of 40 samples (ema) gave non-finite features" in rec.getMessage()
 
 
 def _hsic_by_sums(k: torch.Tensor, l: torch.Tensor) -> float:  # noqa: E741
