@@ -273,3 +273,18 @@ def test_kl_warmup_rises_linearly_to_beta_by_step() -> None:
     model = _tiny_vae(beta=0.5)
     model._trainer = SimpleNamespace(num_training_batches=10, global_step=0)
     assert model.kl_weight() == 0.5  # no warm-up: beta from the first step
+
+
+def test_vae_lr_final_decays_exponentially_to_it_by_the_last_epoch() -> None:
+    from types import SimpleNamespace
+
+    model = _tiny_vae(lr=1e-2, lr_final=1e-4)
+    model._trainer = SimpleNamespace(max_epochs=3)
+    conf = model.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(3):  # the lr each epoch trains with; the scheduler steps per epoch
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs == pytest.approx([1e-2, 1e-3, 1e-4])
+    assert isinstance(_tiny_vae().configure_optimizers(), torch.optim.Adam)  # default: constant

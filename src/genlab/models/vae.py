@@ -49,7 +49,7 @@ from genlab.metrics import (
     log_standard_normal,
     sample_chunks,
 )
-from genlab.models.common import GenlabModule, PixelLikelihood, make_optimizer
+from genlab.models.common import GenlabModule, PixelLikelihood, make_optimizer, with_lr_decay
 from genlab.nn import build_net
 
 Objective = Literal["elbo", "iwae", "miwae", "ciwae", "piwae"]
@@ -107,6 +107,7 @@ class VAE(PixelLikelihood, GenlabModule):
         prior: Literal["normal", "vamp"] = "normal",
         pseudo_inputs: PositiveInt = 500,
         kl_warmup_epochs: NonNegativeInt = 0,
+        lr_final: PositiveFloat | None = None,
     ) -> None:
         check_args(type(self), locals(), "model")
         super().__init__()
@@ -297,6 +298,9 @@ class VAE(PixelLikelihood, GenlabModule):
         self.moments.reset()
         self.log("val/active_units", active_units(cov).float(), sync_dist=False)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         hp = self.hparams
-        return make_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)
+        opt = make_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)
+        if hp.get("lr_final") is None:  # constant (and checkpoints from before lr_final)
+            return opt
+        return with_lr_decay(opt, hp.lr, hp.lr_final, self.trainer.max_epochs)
