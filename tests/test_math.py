@@ -288,3 +288,21 @@ def test_vae_lr_final_decays_exponentially_to_it_by_the_last_epoch() -> None:
         sched.step()
     assert lrs == pytest.approx([1e-2, 1e-3, 1e-4])
     assert isinstance(_tiny_vae().configure_optimizers(), torch.optim.Adam)  # default: constant
+
+
+def test_vae_lr_milestones_step_the_rate_and_exclude_lr_final() -> None:
+    from types import SimpleNamespace
+
+    from genlab.errors import ConfigError
+
+    model = _tiny_vae(lr=1e-3, lr_milestones=[1, 3], lr_gamma=0.5)
+    model._trainer = SimpleNamespace(max_epochs=5)
+    conf = model.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs == pytest.approx([1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4])
+    with pytest.raises(ConfigError, match="two schedules"):
+        _tiny_vae(lr_final=1e-4, lr_milestones=[2])

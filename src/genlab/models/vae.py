@@ -108,6 +108,8 @@ class VAE(PixelLikelihood, GenlabModule):
         pseudo_inputs: PositiveInt = 500,
         kl_warmup_epochs: NonNegativeInt = 0,
         lr_final: PositiveFloat | None = None,
+        lr_milestones: Sequence[PositiveInt] = (),
+        lr_gamma: PositiveFloat = 0.1,
     ) -> None:
         check_args(type(self), locals(), "model")
         super().__init__()
@@ -119,6 +121,11 @@ class VAE(PixelLikelihood, GenlabModule):
             raise ConfigError(
                 f"model.objective={objective} averages model.outer_samples >= 2 bounds: "
                 "set e.g. model.outer_samples=8 model.samples=8"
+            )
+        if lr_milestones and lr_final is not None:
+            raise ConfigError(
+                "model.lr_final (exponential decay) and model.lr_milestones (step decays) "
+                "are two schedules: set one of them"
             )
         nets = build_net(net)
         self.encoder = nets.encoder(self.data_shape, 2 * latent_dim)  # -> (mu, log_var)
@@ -301,6 +308,9 @@ class VAE(PixelLikelihood, GenlabModule):
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         hp = self.hparams
         opt = make_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)
+        if hp.get("lr_milestones"):  # step decays (pythae's VAE scripts), per epoch
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(hp.lr_milestones), hp.lr_gamma)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         if hp.get("lr_final") is None:  # constant (and checkpoints from before lr_final)
             return opt
         return with_lr_decay(opt, hp.lr, hp.lr_final, self.trainer.max_epochs)
