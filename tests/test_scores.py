@@ -31,6 +31,7 @@ from genlab.metrics.sample_quality import (
     kernel_inception_distance,
     prdc,
     sample_scores,
+    warn_non_finite,
 )
 from genlab.metrics.scores import knn_acc, linear_probe_acc
 from genlab.train import train
@@ -194,14 +195,14 @@ def test_scores_are_nan_not_made_up_for_tiny_or_non_finite_sets(caplog) -> None:
     assert all(math.isnan(v) for v in scores.values()), scores
     assert math.isnan(hsic(nan_fake, real)) and math.isnan(hsic(real, nan_fake[:, 1]))
     assert hsic(torch.ones(40, 3), real) == 0.0  # a constant code is independent (defined)
-    # The callback says in one line that the sampler, not the metric, made them nan.
-    with caplog.at_level(logging.WARNING, logger="genlab.callbacks.scores"):
-        SampleScores._check_finite(torch.nn.Linear(1, 1), fake, "val", "")
+    # The scores say in one line that the sampler, not the metric, made them nan.
+    with caplog.at_level(logging.WARNING, logger="genlab.metrics.sample_quality"):
+        assert warn_non_finite("Glow", fake, "val") == 0
         assert not caplog.records  # all finite: nothing to say
         nan_fake[9, 0] = float("inf")
-        SampleScores._check_finite(torch.nn.Linear(1, 1), nan_fake, "test", " (ema)")
+        assert warn_non_finite("Glow", nan_fake, "test", " (ema)") == 2
     (rec,) = caplog.records
-    assert "Linear: 2 of 40 samples (ema) gave non-finite features" in rec.getMessage()
+    assert "Glow: 2 of 40 samples (ema) gave non-finite features" in rec.getMessage()
 
 
 def _hsic_by_sums(k: torch.Tensor, l: torch.Tensor) -> float:  # noqa: E741

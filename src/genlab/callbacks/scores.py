@@ -343,37 +343,24 @@ class SampleScores(pl.Callback):
 
     def sample_scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str):
         """FID / KID / PRDC of samples (every sampler variant) and cond_acc on ``split``."""
-        from genlab.metrics.sample_quality import sample_scores
+        from genlab.metrics.sample_quality import sample_scores, warn_non_finite
 
         self._setup(trainer, pl_module)
         out: dict[str, float] = {}
         real = self._real(trainer, split, self.samples(pl_module, split))
         n, sfx = real.shape[0], self.space_.suffix
         fake = self._fake(trainer, pl_module, n)
-        self._check_finite(pl_module, fake, split, "")
+        warn_non_finite(type(pl_module).__name__, fake, split)
         s = sample_scores(real, fake, kid_subset_size=self.kid_subset_size, seed=self.seed)
         out.update({f"{split}/{k}{sfx}": s[k] for k in SCORES})
         for name, kwargs in self.variants(pl_module, split).items():
             fake = self._fake(trainer, pl_module, n, **kwargs)
-            self._check_finite(pl_module, fake, split, f" ({name})")
+            warn_non_finite(type(pl_module).__name__, fake, split, f" ({name})")
             s = sample_scores(real, fake, kid_subset_size=self.kid_subset_size, seed=self.seed)
             out[f"{split}/fid_{name}{sfx}"], out[f"{split}/kid_{name}{sfx}"] = s["fid"], s["kid"]
         if self.labelled and hasattr(pl_module, "sample_conditional"):
             out[f"{split}/cond_acc"] = self.cond_acc(trainer, pl_module, n)
         return out
-
-    @staticmethod
-    def _check_finite(pl_module: nn.Module, fake: Tensor, split: str, which: str) -> None:
-        """One warning line when samples came out non-finite: the scores are then nan, and
-        a reader should know it is the sampler, not the metric (e.g. a flow whose inverse
-        overflows on a few draws)."""
-        bad = int((~torch.isfinite(fake).all(1)).sum())
-        if bad:
-            log.warning(
-                "%s: %d of %d samples%s gave non-finite features, so %s FID / KID / PRDC are "
-                "nan: the model's sampler overflows on some draws, not the metric",
-                type(pl_module).__name__, bad, fake.shape[0], which, split,
-            )  # fmt: skip
 
     def cond_acc(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> float:
         """The classifier's accuracy on n class-conditional samples (labels 0, 1, ..., in

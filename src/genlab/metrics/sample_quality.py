@@ -19,6 +19,8 @@ functions: FID, KID, precision / recall and density / coverage.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
@@ -162,3 +164,17 @@ def sample_scores(
     """fid, kid, kid_std, precision, recall, density, coverage of two feature sets."""
     kid, kid_std = kernel_inception_distance(real, fake, kid_subsets, kid_subset_size, seed)
     return {"fid": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std, **prdc(real, fake)}
+
+
+def warn_non_finite(model: str, fake: Tensor, split: str, which: str = "") -> int:
+    """Count the rows of ``fake`` (n, d) that are not finite and say so in one warning
+    line: the scores are then nan because the sampler overflowed, not the metric (e.g. a
+    flow whose inverse overflows on a few draws). Returns the count."""
+    bad = int((~torch.isfinite(fake).all(1)).sum())
+    if bad:
+        logging.getLogger(__name__).warning(
+            "%s: %d of %d samples%s gave non-finite features, so %s FID / KID / PRDC are "
+            "nan: the model's sampler overflows on some draws, not the metric",
+            model, bad, fake.shape[0], which, split,
+        )  # fmt: skip
+    return bad
