@@ -200,6 +200,7 @@ def test_gumbel_vae_trains_logs_tau_and_grad_var(make_cfg, tmp_path) -> None:
     first_val = next(float(r["val/elbo"]) for r in rows if r.get("val/elbo"))
     assert metrics["val/elbo"] > first_val
     assert metrics["test/nll_iwae"] <= -metrics["test/elbo"] + 0.5
+    assert 0 < metrics["test/elbo_se"] < 0.1 * -metrics["test/elbo"]  # the sampled ELBO's
     loaded = GumbelVAE.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert loaded.hparams.estimator == "st_gumbel" and loaded.hparams.n_latents == 8
     assert loaded.sample(4).shape == (4, 1, 8, 8)

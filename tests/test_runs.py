@@ -70,6 +70,7 @@ def test_one_epoch_outputs_and_reload(make_cfg, tmp_path: Path) -> None:
     # its standard error over the test images is logged beside it.
     assert -metrics["test/nll_iwae"] >= metrics["test/elbo"] - 0.5
     assert 0 < metrics["test/nll_iwae_se"] < 0.1 * metrics["test/nll_iwae"]
+    assert 0 < metrics["test/elbo_se"] < 0.1 * -metrics["test/elbo"]  # one-sample ELBO too
     # Reload without Hydra; same weights, same outputs.
     model = objs["model"]
     loaded = VAE.load_from_checkpoint(ckpts / "last.ckpt", map_location="cpu")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -92,11 +92,17 @@ class DDPM(DenoiserFamily):
         return {"loss": self.diffusion.simple_loss(self.eps_model(y, guidance=0.0), x, i, eps)}
 
     def nll_bound(
-        self, x0: Tensor, y: Tensor | None, strata: int, g: torch.Generator | None = None
+        self,
+        x0: Tensor,
+        y: Tensor | None,
+        strata: int,
+        g: torch.Generator | None = None,
+        spacing: Literal["log", "uniform"] = "log",
     ) -> dict[str, Tensor]:
         """The variational bound per image (B,) and its parts (``GaussianDiffusion.nll_bound``
         with the unguided noise model)."""
-        return self.diffusion.nll_bound(self.eps_model(y, guidance=0.0), x0, strata, g)
+        eps_model = self.eps_model(y, guidance=0.0)
+        return self.diffusion.nll_bound(eps_model, x0, strata, g, spacing)
 
     @torch.no_grad()
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
@@ -114,8 +120,10 @@ class DDPM(DenoiserFamily):
         out.update({k: parts[k].mean() for k in ("prior_kl", "decoder_nll", "diffusion_kl")})
         if batch[0].dtype == torch.uint8:
             out["bpd"] = parts["bound"].mean() / (self.dim * math.log(2))
-        if full:  # the stratified estimate is noisy: its standard error beside it
+        if full:  # the stratified estimate is noisy: its standard errors beside it
             out["per_image"] = {"elbo": -parts["bound"]}
+            if "bpd" in out:
+                out["per_image"]["bpd"] = parts["bound"] / (self.dim * math.log(2))
         return out
 
     @torch.no_grad()

@@ -293,7 +293,7 @@ class GumbelVAE(PixelLikelihood, GenlabModule):
             g = eval_generator(x.device, batch_idx, seed=4321)
             nll = -self.iwae_log_likelihood(x, self.hparams.iwae_samples, g)
             out["nll_iwae"] = nll.mean()
-            out["per_image"] = {"nll_iwae": nll}
+            out["per_image"] = {"nll_iwae": nll, "elbo": terms["elbo"]}  # both sampled
         return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

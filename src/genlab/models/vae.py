@@ -291,7 +291,7 @@ class VAE(PixelLikelihood, GenlabModule):
                 k = min(k, 64)  # a smoke run stays a smoke run (k = 5000 takes minutes)
             nll = -self.iwae_log_likelihood(x, k, g, y)
             out["nll_iwae"] = nll.mean()
-            out["per_image"] = {"nll_iwae": nll}
+            out["per_image"] = {"nll_iwae": nll, "elbo": terms["elbo"]}  # both sampled
         return out
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -188,9 +188,26 @@ class GaussianDiffusion(nn.Module):
         logvar = torch.log(1 - a).expand_as(x0)
         return _per_image(normal_kl(a.sqrt() * x0, logvar, torch.zeros(()), torch.zeros(())))
 
-    def strata(self, count: int) -> list[tuple[int, int]]:
-        """``count`` contiguous [lo, hi) spans covering timesteps 1..T-1."""
-        edges = torch.linspace(1, self.timesteps, count + 1).round().long().tolist()
+    def strata(
+        self, count: int, spacing: Literal["log", "uniform"] = "log"
+    ) -> list[tuple[int, int]]:
+        """``count`` contiguous [lo, hi) spans covering timesteps 1..T-1 (count <= T - 1).
+
+        ``log``: edges near T^(k / count), so the spans grow geometrically with the
+        timestep. The terms of the bound fall steeply with the noise level (their weight is
+        about 1 / (2 i) for small i under the linear schedule), and one draw weighted by the
+        size of a wide first stratum makes the estimate's spread; log spacing scores the
+        smallest timesteps one by one. ``uniform``: equal spans (Ho et al.'s uniform t)."""
+        T = self.timesteps
+        count = max(1, min(int(count), T - 1))
+        if spacing == "uniform":
+            edges = torch.linspace(1, T, count + 1).round().long().tolist()
+        else:
+            edges = [1]
+            for k in range(1, count + 1):
+                target = round(T ** (k / count))
+                # strictly increasing, and room left for the strata still to come
+                edges.append(min(max(edges[-1] + 1, target), T - (count - k)))
         return list(zip(edges[:-1], edges[1:], strict=True))
 
     def nll_bound(
@@ -199,11 +216,12 @@ class GaussianDiffusion(nn.Module):
         x0: Tensor,
         strata: int,
         generator: torch.Generator | None = None,
+        spacing: Literal["log", "uniform"] = "log",
     ) -> dict[str, Tensor]:
         """The variational bound per image (B,) and its parts: prior_kl + decoder_nll
         (exact) + diffusion_kl, the sum over i = 1..T-1 estimated from ``strata``
-        contiguous strata, one uniform timestep in each, weighted by its size (unbiased;
-        0 or >= T - 1 strata: every timestep, exact)."""
+        contiguous spans (``spacing``: see ``strata``), one uniform timestep in each, weighted
+        by its size (unbiased; 0 or >= T - 1 strata: every timestep, exact)."""
         T, b, dev = self.timesteps, x0.shape[0], x0.device
         zero = torch.zeros(b, dtype=torch.long, device=dev)
         out = {
@@ -214,7 +232,7 @@ class GaussianDiffusion(nn.Module):
             kl = sum(self.bound_term(eps_model, x0, zero + i, generator) for i in range(1, T))
         else:
             kl = 0
-            for lo, hi in self.strata(strata):
+            for lo, hi in self.strata(strata, spacing):
                 i = torch.randint(lo, hi, (b,), generator=generator, device=dev)
                 kl = kl + (hi - lo) * self.bound_term(eps_model, x0, i, generator)
         out["diffusion_kl"] = kl
