@@ -114,7 +114,8 @@ def test_linear_ae_matches_truncated_svd(make_cfg) -> None:
 
 def _tiny_vae(**kw) -> VAE:
     torch.manual_seed(0)
-    return VAE((1, 8, 8), latent_dim=3, net={"arch": "genlab.nn.MLP", "hidden_sizes": [16]}, **kw)
+    kw.setdefault("net", {"arch": "genlab.nn.MLP", "hidden_sizes": [16]})
+    return VAE((1, 8, 8), latent_dim=3, **kw)
 
 
 def test_importance_weighted_objectives() -> None:
@@ -306,3 +307,32 @@ def test_vae_lr_milestones_step_the_rate_and_exclude_lr_final() -> None:
     assert lrs == pytest.approx([1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4])
     with pytest.raises(ConfigError, match="two schedules"):
         _tiny_vae(lr_final=1e-4, lr_milestones=[2])
+
+
+def test_gated_mlp_layers_compute_a_gated_linear_unit_and_reload() -> None:
+    """model.net.gated: every hidden layer is act(W_h x + b_h) * sigmoid(W_g x + b_g), the
+    output layers stay linear, and a VAE with it reloads from its state dict."""
+    from genlab.nn.nets import MLP, GatedDense
+
+    net = {"arch": "genlab.nn.MLP", "hidden_sizes": [16, 12], "gated": True}
+    model = _tiny_vae(net={**net, "activation": "Identity"})
+    gates = [m for m in model.encoder.modules() if isinstance(m, GatedDense)]
+    assert [(g.h.in_features, g.h.out_features) for g in gates] == [(64, 16), (16, 12)]
+    assert isinstance(model.encoder[-1], torch.nn.Linear)  # to (mu, log var): linear
+    x = torch.randn(5, 64)
+    layer = gates[0]
+    want = (x @ layer.h.weight.T + layer.h.bias) * torch.sigmoid(
+        x @ layer.g.weight.T + layer.g.bias
+    )
+    assert torch.allclose(layer(x), want, atol=1e-6)
+    relu = MLP([8], "ReLU", gated=True).encoder((4,), 2)[1]  # the activation acts on h
+    out, h = relu(x[:, :4]), relu.h(x[:, :4])
+    assert torch.equal(out == 0, h <= 0) and bool((h <= 0).any() and (h > 0).any())
+    # Twice the hidden weights of the plain net; the same state-dict round trip.
+    plain = _tiny_vae(net={**net, "gated": False})
+    n = lambda m: sum(p.numel() for p in m.encoder.parameters())  # noqa: E731
+    assert n(model) - n(plain) == 64 * 16 + 16 + 16 * 12 + 12
+    again = _tiny_vae(net={**net, "activation": "Identity"})
+    again.load_state_dict(model.state_dict())
+    xb = torch.bernoulli(torch.full((3, 1, 8, 8), 0.4))
+    assert torch.allclose(again.reconstruct(xb), model.reconstruct(xb))

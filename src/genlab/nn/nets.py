@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from genlab.checks import ActivationName, NonNegativeInt, PositiveInt, check_args
@@ -27,27 +28,48 @@ def _activation(name: str) -> nn.Module:
     return getattr(nn, name)()
 
 
+class GatedDense(nn.Module):
+    """A gated linear unit, act(W_h x + b_h) * sigmoid(W_g x + b_g) (Dauphin et al. 2017;
+    the VampPrior nets of Tomczak & Welling 2018 use it with no activation on h)."""
+
+    def __init__(self, in_features: int, out_features: int, activation: nn.Module) -> None:
+        super().__init__()
+        self.h = nn.Linear(in_features, out_features)
+        self.g = nn.Linear(in_features, out_features)
+        self.activation = activation
+
+    def forward(self, x):  # (B, in) -> (B, out)
+        return self.activation(self.h(x)) * torch.sigmoid(self.g(x))
+
+
 class MLP:
     """Fully connected nets; the decoder mirrors the encoder's hidden sizes.
 
-    ``hidden_sizes=[]`` gives a single linear map each way.
+    ``hidden_sizes=[]`` gives a single linear map each way. ``gated=true`` makes every
+    hidden layer a ``GatedDense`` unit (its ``activation`` on the linear half: ``Identity``
+    for Tomczak & Welling's VampPrior nets); the output layers stay linear.
     """
 
     def __init__(
         self,
         hidden_sizes: Sequence[PositiveInt] = (512, 256),
         activation: ActivationName = "ReLU",
+        gated: bool = False,
     ) -> None:
         check_args(type(self), locals(), "model.net")
         self.hidden_sizes = list(hidden_sizes)
         self.activation = activation
+        self.gated = gated
 
     def _stack(self, sizes: list[int]) -> list[nn.Module]:
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(_activation(self.activation))
+            if i == len(sizes) - 2:  # the output layer
+                layers.append(nn.Linear(a, b))
+            elif self.gated:
+                layers.append(GatedDense(a, b, _activation(self.activation)))
+            else:
+                layers += [nn.Linear(a, b), _activation(self.activation)]
         return layers
 
     def encoder(self, in_shape: Sequence[int], out_dim: int) -> nn.Module:
