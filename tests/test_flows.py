@@ -293,8 +293,12 @@ def test_fast_dev_run_every_flow(make_cfg, model: str, data: str) -> None:
     if data == "digits":  # 8-bit images: bits/dim; the identity with loglik holds
         bpd = (-metrics["test/loglik"] + 64 * math.log(256)) / (64 * math.log(2))
         assert metrics["test/bpd"] == pytest.approx(bpd, rel=1e-5)
+        # standard errors over the test images: bpd is linear in loglik, so are they
+        se = metrics["test/loglik_se"] / (64 * math.log(2))
+        assert metrics["test/bpd_se"] == pytest.approx(se, rel=1e-4) and se > 0
     else:
         assert "test/bpd" not in metrics  # continuous data have no bits/dim
+        assert metrics["test/loglik_se"] > 0
     shape = (1, 8, 8) if data == "digits" else (2,)
     s = objs["model"].sample(7, temperature=0.7)
     assert s.shape == (7, *shape) and torch.isfinite(s).all()

@@ -112,12 +112,20 @@ class Flow(GenlabModule):
             with torch.no_grad():
                 self.flow(self.preprocess(x_raw))
 
-    def _metrics(self, x_raw: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
-        """loss, loglik (and bpd for 8-bit data), each the mean over the batch."""
+    def _metrics(
+        self, x_raw: Tensor, generator: torch.Generator | None, full: bool = False
+    ) -> dict[str, Tensor]:
+        """loss, loglik (and bpd for 8-bit data), each the mean over the batch; with
+        ``full`` also their per-image values, for the standard errors (the dequantisation
+        noise makes them estimates)."""
         ll = self.log_prob(self.preprocess(x_raw, generator))  # (B,)
         out = {"loss": -ll.mean(), "loglik": ll.mean()}
+        per_image = {"loglik": ll}
         if x_raw.dtype == torch.uint8:
-            out["bpd"] = self.bits_per_dim(ll).mean()
+            per_image["bpd"] = self.bits_per_dim(ll)
+            out["bpd"] = per_image["bpd"].mean()
+        if full:
+            out["per_image"] = per_image
         return out
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -128,7 +136,7 @@ class Flow(GenlabModule):
     def batch_metrics(self, batch, batch_idx: int, full: bool = False) -> dict[str, Tensor]:
         """loss (= -loglik), loglik (nats per example), bpd (8-bit data); the
         dequantisation noise comes from a generator seeded by the batch index."""
-        return self._metrics(batch[0], eval_generator(batch[0].device, batch_idx))
+        return self._metrics(batch[0], eval_generator(batch[0].device, batch_idx), full)
 
     def configure_optimizers(self):
         hp = self.hparams
