@@ -118,12 +118,12 @@ class DDPM(DenoiserFamily):
         parts = self.nll_bound(x0, y, self.hparams.bound_timesteps if full else 1, g)
         out = {"loss": loss, "elbo": -parts["bound"].mean()}
         out.update({k: parts[k].mean() for k in ("prior_kl", "decoder_nll", "diffusion_kl")})
+        per_image = {"elbo": -parts["bound"]}  # (B,) each
         if batch[0].dtype == torch.uint8:
-            out["bpd"] = parts["bound"].mean() / (self.dim * math.log(2))
+            per_image["bpd"] = parts["bound"] / (self.dim * math.log(2))
+            out["bpd"] = per_image["bpd"].mean()
         if full:  # the stratified estimate is noisy: its standard errors beside it
-            out["per_image"] = {"elbo": -parts["bound"]}
-            if "bpd" in out:
-                out["per_image"]["bpd"] = parts["bound"] / (self.dim * math.log(2))
+            out["per_image"] = per_image
         return out
 
     @torch.no_grad()
