@@ -164,6 +164,46 @@ def test_reproduction_table_reads_values_from_the_runs(tmp_path: Path) -> None:
         report([tmp_path / "exp"], None, readme, plots=False)
 
 
+def test_check_checkpoints_flags_each_rows_weights(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``genlab-report --check-checkpoints``: a row's file found beside its folder or
+    under the working directory (run folders) is hashed against the recorded digest;
+    mismatch exits 1, missing files and rows without a checkpoint are listed."""
+    from genlab.report import main
+
+    exp = tmp_path / "experiments" / "fam"
+    exp.mkdir(parents=True)
+    run = tmp_path / "outputs" / "r1" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "best.ckpt").write_bytes(b"weights")
+    (exp / "local.ckpt").write_bytes(b"local")
+    good = hashlib.sha256(b"weights").hexdigest()[:12]
+    local = hashlib.sha256(b"local").hexdigest()[:12]
+    row = "- run: {}\n  metric: test/m\n  protocol: p\n  paper: 1\n  source: s\n"
+    rows = [
+        row.format("a") + f"  checkpoint: outputs/r1/checkpoints/best.ckpt\n  sha256: {good}\n",
+        row.format("b") + f"  checkpoint: local.ckpt\n  sha256: {local}\n",
+        row.format("c") + "  checkpoint: outputs/gone/best.ckpt\n  sha256: 0123456789ab\n",
+        row.format("d"),
+        row.format("e") + "  checkpoint: local.ckpt\n",
+    ]
+    (exp / "reproduction.yaml").write_text("".join(rows))
+    monkeypatch.chdir(tmp_path)
+
+    def check() -> tuple[int, dict[str, str]]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["experiments", "--check-checkpoints"])
+        lines = capsys.readouterr().out.splitlines()
+        status = {line.split()[0].split("/")[-1]: line.split()[2] for line in lines[:-1]}
+        return exit_.value.code, status
+
+    code, status = check()
+    assert code == 0 and status == dict(a="ok", b="ok", c="missing", d="none", e="unrecorded")
+    (run / "best.ckpt").write_bytes(b"other weights")
+    code, status = check()
+    assert code == 1 and status["a"] == "MISMATCH", status
+    assert not (tmp_path / "report").exists()  # the check writes nothing
+
+
 def test_the_table_shows_each_estimates_logged_spread(tmp_path: Path) -> None:
     """genlab's cell carries the spread its run logged: `± s.e.` from `<metric>_se`, and
     an AIS log-likelihood's bracket from log Z's (loglik = -F - log Z moves against it);

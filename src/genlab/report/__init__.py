@@ -30,6 +30,7 @@ import argparse
 import csv
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default="report", help="output folder (default: ./report)")
     parser.add_argument("--readme", help="also write the table between the markers of this file")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument(
+        "--check-checkpoints",
+        action="store_true",
+        help="check the reproducibility rows' checkpoints against their recorded sha256 "
+        "(run from the repository root) and exit 1 on a mismatch; writes nothing",
+    )
     args = parser.parse_args(argv)
+    if args.check_checkpoints:
+        try:
+            lines = reproduction.check_checkpoints(reproduction.find_rows(args.paths))
+        except ValueError as e:
+            print(f"genlab-report: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        width = max((len(line[0]) for line in lines), default=0)
+        for label, status, path in lines:
+            print(f"{label:<{width}}  {status}  {path}".rstrip())
+        counts = Counter(line[1].split(" ")[0] for line in lines)
+        print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no rows")
+        sys.exit(1 if counts["MISMATCH"] else 0)
     try:
         records = report(args.paths, args.out, args.readme, plots=not args.no_plots)
     except (FileNotFoundError, OSError, ValueError) as e:

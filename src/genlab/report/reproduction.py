@@ -219,14 +219,24 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def checkpoint_path(folder: Path, path: Any) -> Path:
+    """Where a row's ``checkpoint`` lies: absolute as given, else relative to the
+    experiment folder, else (run folders such as ``outputs/...``) to the working
+    directory, the repository root where the table is made."""
+    ckpt = Path(str(path)).expanduser()
+    if ckpt.is_absolute():
+        return ckpt
+    here = folder / ckpt
+    return ckpt if not here.is_file() and ckpt.is_file() else here
+
+
 def checkpoint_cell(folder: Path, path: Any, recorded: Any = None) -> str:
     """``name (digest)`` of a row's checkpoint: the recorded digest where the row has one
     (checked against the file where the file is here), else the file's; "not kept" where
     neither is known."""
     if not path:
         return ""
-    ckpt = Path(str(path)).expanduser()
-    ckpt = ckpt if ckpt.is_absolute() else folder / ckpt
+    ckpt = checkpoint_path(folder, path)
     actual = file_digest(ckpt) if ckpt.is_file() else None
     if recorded:
         recorded = str(recorded)[:12]
@@ -234,6 +244,34 @@ def checkpoint_cell(folder: Path, path: Any, recorded: Any = None) -> str:
             return f"{ckpt.name} ({recorded}; the file here is {actual}: not the row's weights)"
         return f"{ckpt.name} ({recorded})"
     return f"{ckpt.name} ({actual})" if actual else f"{ckpt.name}: not kept"
+
+
+def check_checkpoints(rows: Sequence[tuple[Path, Path, dict[str, Any]]]) -> list[list[str]]:
+    """One ``[row, status, checkpoint]`` line per table row: ``ok`` (the file is here and
+    its digest is the recorded one), ``MISMATCH``, ``missing`` (recorded, not on this
+    machine), ``unrecorded`` (a file without a recorded digest) or ``none`` (the row names
+    no checkpoint)."""
+    out = []
+    for top, folder, row in rows:
+        name = (folder.relative_to(top).as_posix() if folder != top else folder.name) + (
+            f"/{row['run']}" if row.get("run") else ""
+        )
+        label = f"{name} {row['metric']}"
+        path, recorded = row.get("checkpoint"), row.get("sha256")
+        if not path:
+            out.append([label, "none", ""])
+            continue
+        ckpt = checkpoint_path(folder, path)
+        if not ckpt.is_file():
+            out.append([label, "missing" if recorded else "none", str(path)])
+            continue
+        actual = file_digest(ckpt)
+        if not recorded:
+            status = f"unrecorded ({actual})"
+        else:
+            status = "ok" if actual == str(recorded)[:12] else f"MISMATCH (file {actual})"
+        out.append([label, status, str(ckpt)])
+    return out
 
 
 NOTES = (
