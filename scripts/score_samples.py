@@ -13,7 +13,8 @@ The samples are drawn once, in seeded chunks, and scored in every space.
 Writes ``metrics_<name>.csv`` (one row of ``test/...`` values, as a run's CSV log has
 them) and ``config_<name>.yaml`` (the run's config) per run into ``--out``, so
 ``genlab-report --out ...`` tables them with every feature space in its own columns, and
-``scores_<name>.json`` with the seconds each space took. ``<name>`` is the run folder's
+``scores_<name>.json`` with the checkpoint scored, its SHA-256 (first 12 hex digits,
+as the reproducibility table cites it) and the seconds each space took. ``<name>`` is the run folder's
 name unless ``--names`` gives one per run.
 
 ``--parzen`` adds the Parzen-window log-likelihood of Goodfellow et al. (2014), the
@@ -43,6 +44,7 @@ from genlab.callbacks import SampleScores
 from genlab.checks import import_target
 from genlab.errors import ConfigError, GenlabError
 from genlab.evaluate import load_run_config
+from genlab.report.reproduction import file_digest
 from genlab.train import build
 
 
@@ -190,6 +192,7 @@ def score_and_save(run: Path, name: str, ckpt: Path, args: argparse.Namespace) -
     OmegaConf.save(cfg, args.out / f"config_{name}.yaml")
     info = {
         "checkpoint": str(ckpt),
+        "sha256": file_digest(ckpt),  # a table row cites the weights it scored by this
         "n": args.n,
         "seconds": seconds,
         "threads": torch.get_num_threads(),

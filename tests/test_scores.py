@@ -4,6 +4,7 @@ conditional accuracy, probes, progress lines, and eval.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -721,6 +722,13 @@ def test_score_samples_parzen_window_of_a_digits_checkpoint(
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1 and "nope is not a genlab run" in err
     assert not out.exists()
+    # A good folder alone: the scores file names the checkpoint and its digest.
+    argv = ["score_samples.py", str(tmp_path), "--features", "--parzen", "--n", "150"]
+    monkeypatch.setattr(sys, "argv", argv + ["--out", str(out)])
+    mod.main()
+    info = json.loads((out / f"scores_{tmp_path.name}.json").read_text())
+    weights = Path(info["checkpoint"]).read_bytes()
+    assert info["sha256"] == hashlib.sha256(weights).hexdigest()[:12] and info["n"] == 150
 
 
 def test_score_samples_draws_each_seeded_chunk_once_for_all_spaces() -> None:
