@@ -14,8 +14,8 @@ Writes ``metrics_<name>.csv`` (one row of ``test/...`` values, as a run's CSV lo
 them) and ``config_<name>.yaml`` (the run's config) per run into ``--out``, so
 ``genlab-report --out ...`` tables them with every feature space in its own columns, and
 ``scores_<name>.json`` with the checkpoint scored, its SHA-256 (first 12 hex digits,
-as the reproducibility table cites it) and the seconds each space took. ``<name>`` is the run folder's
-name unless ``--names`` gives one per run.
+as the reproducibility table cites it) and the seconds each space took. ``<name>`` is the
+run folder's name unless ``--names`` gives one per run.
 
 ``--parzen`` adds the Parzen-window log-likelihood of Goodfellow et al. (2014), the
 protocol of the GAN and AAE papers' MNIST tables: ``--n`` samples, the bandwidth chosen on
