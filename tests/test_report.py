@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -283,6 +285,50 @@ def test_the_committed_linear_ae_row_is_reproduced_by_genlab_eval(tmp_path: Path
     assert again["metrics"][row["metric"]] == pytest.approx(logged, rel=1e-5)
     assert "test/fid" not in again["metrics"]  # sample_scores=null: no feature network
     assert abs(logged - row["paper"]) < 0.1  # the linear AE reaches PCA's optimum
+
+
+@needs_mnist
+def test_verify_rows_recomputes_a_row_from_its_checkpoint(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """scripts/verify_rows.py runs eval.py on a row's checkpoint in a fresh process and
+    finds the table's number again; a row whose recorded digest is not the file's is not
+    evaluated; nothing is left in the experiment folder."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("verify", REPO / "scripts" / "verify_rows.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.agrees(13.9094, 13.9094 + 1e-5, None) and not mod.agrees(13.9, 13.95, None)
+    assert mod.agrees(89.70, 89.72, 0.25) and not mod.agrees(89.70, 89.75, 0.25)
+
+    source = REPO / "experiments" / "ae_linear_mnist"
+    exp = tmp_path / "experiments" / "ae"
+    for name in (".hydra", "checkpoints"):
+        shutil.copytree(source / name, exp / name)
+    for name in ("config.yaml", "metrics.csv"):
+        shutil.copyfile(source / name, exp / name)
+    (row,) = yaml.safe_load((source / "reproduction.yaml").read_text())
+    wrong = {**row, "sha256": "0123456789ab", "metric": "test/loss"}
+    (exp / "reproduction.yaml").write_text(yaml.safe_dump([row, wrong]))
+    out = tmp_path / "verify"
+    argv = ["verify_rows.py", str(tmp_path / "experiments"), "--out", str(out), "--set"]
+    argv += ["callbacks.sample_scores=null", f"paths.data_dir={DATA_DIR}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.chdir(REPO)  # eval.py and scripts/ are found from the repository root
+    with pytest.raises(SystemExit) as stop:
+        mod.main()
+    printed = capsys.readouterr().out
+    assert stop.value.code == 0, printed
+    rows = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
+    assert [r["metric"] for r in rows] == ["test/recon", "test/loss"]
+    good = json.loads((out / "ae__test_recon.json").read_text())  # kept: a rerun skips it
+    assert good == rows[0] and good["verdict"] == "agrees"
+    assert good["eval"] == pytest.approx(good["table"], rel=1e-5)
+    assert rows[1]["verdict"] == "checkpoint digest differs from the row's"
+    assert not (exp / "checkpoints" / "eval_best").exists()
 
 
 def test_learning_curve_extrapolation_recovers_a_known_power_law() -> None:
