@@ -163,6 +163,8 @@ def test_vib_rate_weight_enters_the_loss() -> None:
         model.eval_net()["decoder"].bias.copy_(10.0 * F.one_hot(torch.tensor(3), 10).float())
     out = model.batch_metrics((x, y, torch.arange(16)), 0, full=True)
     assert float(out["error_avg"]) == pytest.approx(float((y != 3).float().mean()))
+    # per test image: whether it is misclassified, for the error's standard error
+    assert torch.equal(out["per_image"]["error_avg"], (y != 3).float())
 
 
 def test_infomax_needs_a_term_and_fitting_images() -> None:
@@ -250,6 +252,9 @@ def test_vib_trains_and_reloads_its_averaged_weights(make_cfg, tmp_path: Path) -
     )
     metrics, objs = train(cfg)
     assert metrics["test/error"] < 0.3 and metrics["test/error_avg"] < 0.3, metrics
+    # the binomial standard error over the test images: sqrt(e (1 - e) / (n - 1))
+    e, n = metrics["test/error_avg"], len(objs["datamodule"].splits["test"][0])
+    assert metrics["test/error_avg_se"] == pytest.approx((e * (1 - e) / (n - 1)) ** 0.5, rel=1e-3)
     # I(Z; Y) <= I(Z; X) <= the rate: the logged lower bound stays under the KL.
     assert 1.0 < metrics["test/izy"] < metrics["test/kl"], metrics
     assert metrics["test/linear_probe_acc"] > 0.6, metrics  # chance: 0.1

@@ -10,7 +10,8 @@ regression) decoder z -> p(y|z). Per example, in nats, averaged over the batch:
     loss = ce + beta * kl
 
 ``error`` is the test error of one z draw; ``error_avg`` (test time) that of the softmax
-averaged over ``test_samples`` draws (12 in the paper). Evaluation uses an exponential
+averaged over ``test_samples`` draws (12 in the paper); both log their standard error over
+the test images (``test/error_avg_se``, sqrt(e (1 - e) / n) for n images). Evaluation uses an exponential
 moving average of the weights (``ema_decay``; the paper's Polyak averaging, 0.999), with
 the warm-up every genlab average has (``AveragedNets``).
 
@@ -180,7 +181,11 @@ class VIB(AveragedNets, GenlabModule):
             "error": (terms["logits"].argmax(-1) != y).float().mean(),
         }
         if full:
-            out["error_avg"] = (terms["probs"].argmax(-1) != y).float().mean()
+            wrong_avg = (terms["probs"].argmax(-1) != y).float()  # (B,) 0/1 per test image
+            wrong = (terms["logits"].argmax(-1) != y).float()
+            out["error_avg"] = wrong_avg.mean()
+            # standard errors over the test images (the binomial spread of an error rate)
+            out["per_image"] = {"error_avg": wrong_avg, "error": wrong}
         return self._rate(out)
 
     def configure_optimizers(self):
