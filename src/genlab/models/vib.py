@@ -11,9 +11,9 @@ regression) decoder z -> p(y|z). Per example, in nats, averaged over the batch:
 
 ``error`` is the test error of one z draw; ``error_avg`` (test time) that of the softmax
 averaged over ``test_samples`` draws (12 in the paper); both log their standard error over
-the test images (``test/error_avg_se``, sqrt(e (1 - e) / n) for n images). Evaluation uses an exponential
-moving average of the weights (``ema_decay``; the paper's Polyak averaging, 0.999), with
-the warm-up every genlab average has (``AveragedNets``).
+the test images (``test/error_avg_se`` = sqrt(e (1 - e) / (n - 1)) for n images).
+Evaluation uses an exponential moving average of the weights (``ema_decay``; the paper's
+Polyak averaging, 0.999), with the warm-up every genlab average has (``AveragedNets``).
 
 ``deterministic=True`` is the paper's baseline on the same net: z = mu(x), no noise and no
 rate term (loss = ce; ``kl`` is not logged, the rate of a deterministic code is unbounded).
