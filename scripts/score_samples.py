@@ -9,7 +9,9 @@ without Hydra, its data set built from the run's config, and the ``sample_scores
 callback's own code scores ``--n`` samples against the first ``--n`` test images in each
 space: FID, KID, precision / recall / density / coverage, and cond_acc / recon_acc where
 they apply (the sampler variants such as the GANs' raw generator only with ``--variants``).
-The samples are drawn once, in seeded chunks, and scored in every space.
+The samples are drawn once, in seeded chunks, and scored in every space. Each FID comes
+with its bootstrap standard error (``test/fid*_se``, ``--fid-bootstrap`` resamples of
+both feature sets; 20 by default, 0 for none).
 Writes ``metrics_<name>.csv`` (one row of ``test/...`` values, as a run's CSV log has
 them) and ``config_<name>.yaml`` (the run's config) per run into ``--out``, so
 ``genlab-report --out ...`` tables them with every feature space in its own columns, and
@@ -100,6 +102,7 @@ def score_run(
     variants: bool,
     seed: int = 0,
     parzen: bool = False,
+    fid_bootstrap: int = 0,
 ) -> tuple[dict[str, float], dict[str, float], object]:
     """({test/<score>: value}, {space: seconds}, the run's config) of one checkpoint."""
     cfg = load_run_config(ckpt, [])
@@ -114,7 +117,10 @@ def score_run(
     values: dict[str, float] = {}
     seconds: dict[str, float] = {}
     for space in spaces:
-        cb = SampleScores(cache_dir=cache_dir, features=space, n_test=n, probes=False, seed=seed)
+        cb = SampleScores(
+            cache_dir=cache_dir, features=space, n_test=n, probes=False, seed=seed,
+            fid_bootstrap=fid_bootstrap,
+        )  # fmt: skip
         cb.num_classes = int(getattr(dm, "num_classes", 0) or 0)
         if not variants:
             cb.variants = lambda module, split: {}  # noqa: E731 - the main sampler only
@@ -155,6 +161,10 @@ def main() -> None:
     p.add_argument("--ckpt", default="best", choices=["best", "last"])
     p.add_argument("--names", nargs="*", help="one output name per run")
     p.add_argument("--variants", action="store_true", help="also score sampler variants")
+    p.add_argument(
+        "--fid-bootstrap", type=int, default=20,
+        help="resamples for the FID's bootstrap standard error, test/fid*_se (0: none)",
+    )  # fmt: skip
     p.add_argument("--cache-dir", default=None, help="default: $GENLAB_CACHE or the run's")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -181,8 +191,9 @@ def score_and_save(run: Path, name: str, ckpt: Path, args: argparse.Namespace) -
         OmegaConf.select(OmegaConf.load(run / ".hydra" / "config.yaml"), "metrics.cache_dir")
     )
     values, seconds, cfg = score_run(
-        ckpt, args.features, args.n, cache, args.variants, parzen=args.parzen
-    )
+        ckpt, args.features, args.n, cache, args.variants, parzen=args.parzen,
+        fid_bootstrap=args.fid_bootstrap,
+    )  # fmt: skip
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     row = {"epoch": saved.get("epoch", ""), "step": saved.get("global_step", ""), **values}
     with open(args.out / f"metrics_{name}.csv", "w", newline="") as f:
@@ -194,6 +205,7 @@ def score_and_save(run: Path, name: str, ckpt: Path, args: argparse.Namespace) -
         "checkpoint": str(ckpt),
         "sha256": file_digest(ckpt),  # a table row cites the weights it scored by this
         "n": args.n,
+        "fid_bootstrap": args.fid_bootstrap,
         "seconds": seconds,
         "threads": torch.get_num_threads(),
         "scores": values,

@@ -28,7 +28,8 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cfg = compose_cfg(
             ["trainer=cpu", "logger=csv", "model=vae", f"model.latent_dim={latent}",
              "trainer.max_epochs=2", "model.iwae_samples=8", "metrics.n_test=100",
-             "callbacks.image_grids.every_n_epochs=1"],
+             "callbacks.image_grids.every_n_epochs=1"]
+            + (["metrics.fid_bootstrap=5"] if job else []),
             out,
         )  # fmt: skip
         (out / ".hydra").mkdir(parents=True)
@@ -52,6 +53,9 @@ def test_report_of_two_runs(two_runs: Path, tmp_path: Path) -> None:
         fid = [float(r["test/fid"]) for r in rows if r.get("test/fid")]
         assert float(row["test/nll_iwae"]) == pytest.approx(nll[-1])
         assert float(row["fid"]) == pytest.approx(fid[-1])
+        # the second run asked for the FID's bootstrap standard error (5 resamples)
+        se = [float(r["test/fid_se"]) for r in rows if r.get("test/fid_se")]
+        assert (len(se) == 1 and 0 < se[0] < fid[-1]) if job == "1" else not se, se
         for key in ("precision", "recall", "density", "coverage"):  # beside FID / KID
             logged = [float(r[f"test/{key}"]) for r in rows if r.get(f"test/{key}")]
             assert float(row[key]) == pytest.approx(logged[-1]), key

@@ -28,6 +28,7 @@ from genlab.metrics.dependence import hsic
 from genlab.metrics.features import cache_path, get_feature_net, net_key, quality_problem
 from genlab.metrics.sample_quality import (
     frechet_distance,
+    frechet_distance_se,
     frechet_distance_stats,
     kernel_inception_distance,
     prdc,
@@ -130,6 +131,26 @@ def test_fid_with_fewer_points_than_dimensions_matches_scipy() -> None:
         a[:, :3] = 0  # dead units: singular covariances
         want = _numpy_fid(a.numpy(), b.numpy())
         assert frechet_distance(a, b) == pytest.approx(want, rel=1e-5), (n, d)
+
+
+def test_fid_bootstrap_standard_error_matches_the_spread_over_fresh_draws() -> None:
+    """The bootstrap s.e. of the FID (resampling both sets) is close to the standard
+    deviation of the FID over independent draws of as many points; sample_scores adds
+    it as fid_se only when asked."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 500, 8
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(n, d, generator=g), 1.2 * torch.randn(n, d, generator=g) + 0.3
+
+    spread = torch.tensor([frechet_distance(*draw()) for _ in range(300)]).std()
+    boot = torch.tensor([frechet_distance_se(*draw(), resamples=50, seed=i) for i in range(6)])
+    assert float(boot.mean()) == pytest.approx(float(spread), rel=0.25), (boot, spread)
+    real, fake = draw()
+    assert "fid_se" not in sample_scores(real, fake, kid_subset_size=100)
+    s = sample_scores(real, fake, kid_subset_size=100, fid_resamples=10)
+    assert s["fid_se"] == frechet_distance_se(real, fake, 10) > 0
+    assert math.isnan(frechet_distance_se(real, fake, 1))
 
 
 def test_kid_is_the_unbiased_polynomial_mmd() -> None:

@@ -35,6 +35,9 @@ class SampleScores(pl.Callback):
       model's ``val_score_samples``, else 1000; DDPM and flow matching: 250), every
       ``every_n_epochs`` epochs and after the last; ``test/...`` with ``n_test`` at test
       time. Precision / recall use k = 3 neighbours, density / coverage k = 5.
+      ``test/fid_se`` (with the space's suffix): with ``fid_bootstrap`` = B >= 2, the
+      FID's bootstrap standard error over B resamples of both feature sets (the spread
+      another draw of as many samples and images would show; B FIDs more to compute).
     - ``{split}/fid_<variant>``, ``{split}/kid_<variant>``: the model's other samplers
       (``sample_variants(split)``; GANs: ``fid_raw``, the trained generator next to its EMA).
     - ``{split}/cond_acc``: models with ``sample_conditional(labels, generator)``: the
@@ -82,6 +85,7 @@ class SampleScores(pl.Callback):
         hsic: bool = True,
         n_hsic: PositiveInt = 2000,
         kid_subset_size: PositiveInt = 1000,
+        fid_bootstrap: NonNegativeInt = 0,
         feature_epochs: PositiveInt = 5,
         inception_weights: str | None = None,
         seed: Seed = 0,
@@ -96,6 +100,7 @@ class SampleScores(pl.Callback):
         self.hsic = hsic
         self.n_hsic = n_hsic
         self.kid_subset_size = kid_subset_size
+        self.fid_bootstrap = fid_bootstrap
         self.feature_epochs = feature_epochs
         self.inception_weights = inception_weights
         self.seed = seed
@@ -351,8 +356,13 @@ class SampleScores(pl.Callback):
         n, sfx = real.shape[0], self.space_.suffix
         fake = self._fake(trainer, pl_module, n)
         warn_non_finite(type(pl_module).__name__, fake, split)
-        s = sample_scores(real, fake, kid_subset_size=self.kid_subset_size, seed=self.seed)
+        s = sample_scores(
+            real, fake, kid_subset_size=self.kid_subset_size, seed=self.seed,
+            fid_resamples=self.fid_bootstrap if split == "test" else 0,
+        )  # fmt: skip
         out.update({f"{split}/{k}{sfx}": s[k] for k in SCORES})
+        if "fid_se" in s:  # the table prints it as the FID's ± (the bootstrap over both sets)
+            out[f"{split}/fid{sfx}_se"] = s["fid_se"]
         for name, kwargs in self.variants(pl_module, split).items():
             fake = self._fake(trainer, pl_module, n, **kwargs)
             warn_non_finite(type(pl_module).__name__, fake, split, f" ({name})")

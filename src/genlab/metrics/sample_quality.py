@@ -84,6 +84,22 @@ def frechet_distance(real: Tensor, fake: Tensor) -> float:
     return float(((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - 2 * _trace_sqrt(f1, f2))
 
 
+def frechet_distance_se(real: Tensor, fake: Tensor, resamples: int = 20, seed: int = 0) -> float:
+    """Bootstrap standard error of the FID of two feature sets: the standard deviation of
+    the FID over ``resamples`` draws of both sets with replacement (each the set's size).
+    It measures how far another draw of as many samples and images would move the
+    score, not the FID's bias from a finite sample (which the same count shares)."""
+    if resamples < 2 or min(real.shape[0], fake.shape[0]) < 2 or not _finite(real, fake):
+        return float("nan")
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(resamples):
+        i = torch.randint(real.shape[0], (real.shape[0],), generator=g).to(real.device)
+        j = torch.randint(fake.shape[0], (fake.shape[0],), generator=g).to(fake.device)
+        values.append(frechet_distance(real[i], fake[j]))
+    return float(torch.tensor(values, dtype=torch.float64).std())
+
+
 def kernel_inception_distance(
     real: Tensor, fake: Tensor, subsets: int = 50, subset_size: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
@@ -160,10 +176,15 @@ def sample_scores(
     kid_subsets: int = 50,
     kid_subset_size: int = 1000,
     seed: int = 0,
+    fid_resamples: int = 0,
 ) -> dict[str, float]:
-    """fid, kid, kid_std, precision, recall, density, coverage of two feature sets."""
+    """fid, kid, kid_std, precision, recall, density, coverage of two feature sets; with
+    ``fid_resamples`` >= 2 also fid_se, the FID's bootstrap standard error."""
     kid, kid_std = kernel_inception_distance(real, fake, kid_subsets, kid_subset_size, seed)
-    return {"fid": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std, **prdc(real, fake)}
+    out = {"fid": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std, **prdc(real, fake)}
+    if fid_resamples >= 2:
+        out["fid_se"] = frechet_distance_se(real, fake, fid_resamples, seed)
+    return out
 
 
 def warn_non_finite(model: str, fake: Tensor, split: str, which: str = "") -> int:
