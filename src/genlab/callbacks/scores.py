@@ -16,6 +16,7 @@ from genlab.callbacks.training import is_due
 from genlab.checks import NonNegativeInt, PositiveInt, Seed, check_args
 from genlab.errors import ConfigError
 from genlab.metrics.features import SUFFIX
+from genlab.metrics.scores import distributed_rows, world_of
 
 log = logging.getLogger(__name__)
 
@@ -255,35 +256,6 @@ class SampleScores(pl.Callback):
         value = self.quality.get(f"{split}_acc" if name.endswith("acc") else f"{split}_mse")
         return {f"{split}/{name}": float(value)} if value is not None else {}
 
-    # ---- distributed helpers ----------------------------------------------------------
-    @staticmethod
-    def _world(trainer: pl.Trainer) -> tuple[int, int]:
-        return getattr(trainer, "global_rank", 0), getattr(trainer, "world_size", 1)
-
-    @staticmethod
-    def _gather(trainer: pl.Trainer):
-        def all_gather(t: Tensor) -> list[Tensor]:
-            import torch.distributed as dist
-
-            out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-            dist.all_gather(out, t)
-            return out
-
-        return all_gather
-
-    def _distributed(self, trainer, n: int, work) -> Tensor:
-        """``work(k, start, stop) -> rows`` for this rank's chunks of range(n), gathered
-        from every rank in chunk order: (n, ...) on every rank."""
-        from genlab.metrics.scores import chunks, gather_in_order, my_chunks
-
-        rank, world = self._world(trainer)
-        plan = chunks(n)
-        mine = [work(k, *plan[k]) for k in my_chunks(plan, rank, world)]
-        local = torch.cat(mine) if mine else None
-        if local is None:  # more ranks than chunks: an empty share of the right shape
-            local = work(0, *plan[0])[:0]
-        return gather_in_order(local, plan, rank, world, self._gather(trainer))
-
     # ---- scores -----------------------------------------------------------------------
     def _real(self, trainer: pl.Trainer, split: str, n: int) -> Tensor:
         """Features (n, d) of the first n images of ``split``, cached by network and images."""
@@ -300,10 +272,10 @@ class SampleScores(pl.Callback):
         if getattr(trainer, "world_size", 1) > 1:  # all ranks read it, or all compute it
             found = trainer.strategy.reduce_boolean_decision(found, all=True)
         if not found:
-            _, world = self._world(trainer)
+            _, world = world_of(trainer)
             what = f"{self.space_.name} features of {x.shape[0]:,} real {split} images"
             with Progress(what, x.shape[0], "images") as p:
-                feats = self._distributed(
+                feats = distributed_rows(
                     trainer, x.shape[0], lambda k, a, b: self.space_.features(x[a:b], p, world)
                 )
             if trainer.is_global_zero:
@@ -315,7 +287,7 @@ class SampleScores(pl.Callback):
         from genlab.metrics.scores import chunk_generator, to_images
         from genlab.progress import Progress
 
-        dev, (_, world) = pl_module.device, self._world(trainer)
+        dev, (_, world) = pl_module.device, world_of(trainer)
         what = f"Samples for the {self.space_.name} scores"
         with Progress(what, n, "images") as p:
 
@@ -324,7 +296,7 @@ class SampleScores(pl.Callback):
                 imgs = to_images(pl_module, pl_module.sample(b - a, generator=g, **kwargs))
                 return self.space_.features(imgs, p, world)
 
-            return self._distributed(trainer, n, work)
+            return distributed_rows(trainer, n, work)
 
     @torch.no_grad()
     def scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict:
@@ -384,7 +356,7 @@ class SampleScores(pl.Callback):
             hits = conditional_hits(pl_module, self.classifier, labels, self.seed * 7919 + k)
             return hits.reshape(1, 1).float()
 
-        hits = self._distributed(trainer, n, work)  # (chunks, 1)
+        hits = distributed_rows(trainer, n, work)  # (chunks, 1)
         return float(hits.sum()) / n
 
     def samples(self, pl_module: nn.Module, split: str) -> int:

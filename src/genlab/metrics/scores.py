@@ -26,6 +26,31 @@ def my_chunks(plan: list[tuple[int, int]], rank: int, world: int) -> list[int]:
     return list(range(rank, len(plan), world))
 
 
+def world_of(trainer: Any) -> tuple[int, int]:
+    """(rank, world size) of a trainer (one process where it does not say)."""
+    return getattr(trainer, "global_rank", 0), getattr(trainer, "world_size", 1)
+
+
+def _all_gather(t: Tensor) -> list[Tensor]:
+    import torch.distributed as dist
+
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return out
+
+
+def distributed_rows(trainer: Any, n: int, work: Callable[[int, int, int], Tensor]) -> Tensor:
+    """``work(k, start, stop) -> rows`` for this rank's chunks of range(n), gathered from
+    every rank in chunk order: (n, ...) on every rank."""
+    rank, world = world_of(trainer)
+    plan = chunks(n)
+    mine = [work(k, *plan[k]) for k in my_chunks(plan, rank, world)]
+    local = torch.cat(mine) if mine else None
+    if local is None:  # more ranks than chunks: an empty share of the right shape
+        local = work(0, *plan[0])[:0]
+    return gather_in_order(local, plan, rank, world, _all_gather)
+
+
 def gather_in_order(
     local: Tensor,
     plan: list[tuple[int, int]],
