@@ -233,6 +233,8 @@ def test_the_table_shows_each_estimates_logged_spread(tmp_path: Path) -> None:
     parzen = run_with({"test/parzen_loglik": 289.93216, "test/parzen_loglik_se": 1.5438})
     assert value_cell(parzen, "test/parzen_loglik") == "289.93 ± 1.54"
     assert value_cell(ais, "test/log_z") == "400"  # only a loglik takes the bracket
+    fid = run_with({"test/fid_inception": 49.6606, "test/fid_inception_se": 0.900513})
+    assert value_cell(fid, "test/fid_inception") == "49.66 ± 0.90"  # the value's decimals
 
 
 def test_a_rows_checkpoint_reproduces_its_number_with_genlab_eval(make_cfg, tmp_path) -> None:

@@ -150,7 +150,13 @@ def value_cell(run: Run, metric: str) -> str:
         return text
     se = run.last(f"{metric}_se")
     if se is not None and math.isfinite(se):
-        text += f" ± {_value(metric, se)}"
+        spread = _value(metric, se)
+        # a significant-digit format gives the spread more decimals than the value
+        # (49.66 ± 0.9005): round it to the value's decimals instead
+        places = [len(t.partition(".")[2]) for t in (text, spread)]
+        if "." in text and "%" not in text and places[1] > places[0]:
+            spread = f"{se:.{places[0]}f}"
+        text += f" ± {spread}"
     split, name = metric.split("/", 1) if "/" in metric else ("", metric)
     z, lo, hi = (run.last(f"{split}/log_z{s}") for s in ("", "_lo", "_hi"))
     if name == "loglik" and None not in (z, lo, hi):
